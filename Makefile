@@ -1,0 +1,41 @@
+# forge-env developer commands. `make test` is what CI runs (.ci/run) on a fresh machine:
+# it creates .venv, installs everything the tests need, and runs the whole suite.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# OpenEnv's real package, for the compatibility tests. Installed with --no-deps: its full
+# dependency set pulls gradio (~476 MB). These are what its server, clients and validator import.
+OPENENV_PIN  := openenv==0.10.0
+OPENENV_DEPS := requests 'fastmcp>=3,<4' tomli tomli-w typer rich
+
+.PHONY: venv test test-fast demo bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q $(OPENENV_DEPS)
+	$(PIP) install -q --no-deps $(OPENENV_PIN)
+	touch $@
+
+venv: $(VENV)/.installed
+
+## The whole suite, every marker included (openenv, slow, ...).
+test: venv
+	$(PY) -m pytest -ra -q tests
+
+## Unit tests only: quick feedback while editing.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not openenv" tests
+
+## The main job (until the training loop lands): serve guess_number and play it.
+demo: venv
+	$(PY) -m apps.demo
+
+bench: venv
+	$(PY) bench/env_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
