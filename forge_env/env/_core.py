@@ -214,13 +214,15 @@ class AsyncEnv(Generic[ObsT, ActT]):
     async def close(self) -> None:
         """Release resources. Idempotent. The default does nothing."""
 
-    def state(self) -> State:
-        """Episode bookkeeping (episode id, step count, ...). The default is an empty State."""
+    async def state(self) -> State:
+        """Episode bookkeeping (episode id, step count, ...). The default is an empty State.
+
+        Async because a remote env answers it over the wire; local envs just return."""
         return self.state_type()
 
     # --- tools (MCP) --------------------------------------------------------------------
 
-    def list_tools(self) -> list[ToolSpec]:
+    async def list_tools(self) -> list[ToolSpec]:
         """Tools offered through MCP ``tools/list``. The default env offers none."""
         return []
 
@@ -340,8 +342,13 @@ class SyncEnv(Generic[ObsT, ActT]):
         return self._run(self.env.step(action))  # type: ignore[arg-type]
 
     def state(self) -> State:
-        result = self.env.state()
-        return self._run(result) if asyncio.iscoroutine(result) else result
+        return self._run(self.env.state())
+
+    def list_tools(self) -> list[ToolSpec]:
+        return self._run(self.env.list_tools())
+
+    def call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
+        return self._run(self.env.call_tool(name, arguments))
 
     def close(self) -> None:
         if not self._loop.is_closed():
