@@ -6,9 +6,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # OpenEnv's real package, for the compatibility tests. Installed with --no-deps: its full
-# dependency set pulls gradio (~476 MB). These are what its server, clients and validator import.
+# dependency set pulls gradio (~476 MB). These are what its server, clients, validator and
+# `openenv init` import.
 OPENENV_PIN  := openenv==0.10.0
-OPENENV_DEPS := requests 'fastmcp>=3,<4' tomli tomli-w typer rich
+OPENENV_DEPS := requests 'fastmcp>=3,<4' tomli tomli-w typer rich openai
 
 .PHONY: venv test test-fast demo bench clean
 

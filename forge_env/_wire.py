@@ -24,6 +24,7 @@ gymnasium's ``truncated`` has no field in OpenEnv: we send ``done=true`` and
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 from typing import Any, Literal
@@ -149,27 +150,29 @@ def observation_payload(
     return payload
 
 
+@functools.lru_cache(maxsize=256)
+def _envelope_keys_to_strip(observation_type: type[Observation]) -> tuple[str, ...]:
+    """Envelope keys (metadata/reward/done) that some servers echo inside the observation
+    and that this observation type does not declare as its own fields. Cached: hot path."""
+    return tuple(k for k in ("metadata", "reward", "done") if k not in observation_type.model_fields)
+
+
 def _split_payload(
     data: dict[str, Any], observation_type: type[Observation]
 ) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
     obs_fields = data.get("observation")
-    if not isinstance(obs_fields, dict):
-        obs_fields = {}
-    obs_fields = dict(obs_fields)
-    # OpenEnv 0.10 puts metadata at the top level; older servers and some envs nest it
-    # inside the observation. Accept both, top level wins.
-    nested_meta = obs_fields.get("metadata") if "metadata" not in observation_type.model_fields else None
-    if "metadata" not in observation_type.model_fields:
-        obs_fields.pop("metadata", None)
-    # Servers built on OpenEnv's Observation may also echo reward/done inside it.
-    for key in ("reward", "done"):
-        if key not in observation_type.model_fields:
-            obs_fields.pop(key, None)
+    obs_fields = dict(obs_fields) if isinstance(obs_fields, dict) else {}
     info: dict[str, Any] = {}
-    if isinstance(nested_meta, dict):
-        info.update(nested_meta)
-    if isinstance(data.get("metadata"), dict):
-        info.update(data["metadata"])
+    # OpenEnv 0.10 puts metadata at the top level; older servers and some envs nest it
+    # inside the observation, and servers built on OpenEnv's Observation may echo
+    # reward/done there too. Accept both; the top level wins.
+    for key in _envelope_keys_to_strip(observation_type):
+        value = obs_fields.pop(key, None)
+        if key == "metadata" and isinstance(value, dict):
+            info.update(value)
+    top_meta = data.get("metadata")
+    if isinstance(top_meta, dict):
+        info.update(top_meta)
     reward_raw = data.get("reward")
     reward = 0.0 if reward_raw is None else float(reward_raw)
     done = bool(data.get("done", False))

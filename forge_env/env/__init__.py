@@ -35,7 +35,20 @@ def from_gymnasium(gym_env: Any, **kwargs: Any) -> AsyncEnv:
     return _impl(gym_env, **kwargs)
 
 
+_GYMNASIUM_NAMES = ("GymAction", "GymObservation", "GymnasiumEnv", "AsyncEnvAsGymnasium")
+
+
+def __getattr__(name: str) -> Any:
+    # These need gymnasium: import it only when asked for.
+    if name in _GYMNASIUM_NAMES:
+        from forge_env.env import _gymnasium
+
+        return getattr(_gymnasium, name)
+    raise AttributeError(f"module 'forge_env.env' has no attribute {name!r}")
+
+
 __all__ = [
+    *_GYMNASIUM_NAMES,
     "Action",
     "AnyAction",
     "AnyObservation",

@@ -253,7 +253,7 @@ class AsyncEnv(Generic[ObsT, ActT]):
                 f"invalid action for {self.name}: {_summarise_validation(e)}; "
                 f"expected fields of {self.action_type.__name__}: "
                 f"{sorted(self.action_type.model_fields)}",
-                errors=e.errors(include_url=False, include_context=False),
+                errors=[dict(d) for d in e.errors(include_url=False, include_context=False)],
                 env_name=self.name,
             ) from e
 
