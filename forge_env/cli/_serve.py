@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import socket
 import sys
 
 from forge_env.cli._main import EXIT_OK, CliError
+from forge_env.server._serve import is_loopback_host
 
 __all__ = ["run_serve", "is_loopback_host"]
-
-
-def is_loopback_host(host: str) -> bool:
-    """True when binding ``host`` keeps the server on this machine.
-
-    >>> is_loopback_host("127.0.0.1"), is_loopback_host("localhost"), is_loopback_host("0.0.0.0")
-    (True, True, False)
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _claim_port(host: str, port: int) -> int:

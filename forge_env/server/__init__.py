@@ -11,18 +11,19 @@ Endpoints: ``WS /ws`` (sessions: reset/step/state/close/mcp frames), ``POST /res
 """
 
 from forge_env.server._app import OPENENV_API_VERSION, create_app
-from forge_env.server._serve import UVICORN_WS_SETTINGS, serve, uvicorn_config
+from forge_env.server._serve import UVICORN_WS_SETTINGS, serve, serve_main, uvicorn_config
 from forge_env.server._sessions import ServerStats
 
 __all__ = [
     "create_app",
     "serve",
+    "serve_main",
     "uvicorn_config",
     "UVICORN_WS_SETTINGS",
     "ServerStats",
     "OPENENV_API_VERSION",
 ]
 
-for _name in ("create_app", "serve", "uvicorn_config", "ServerStats"):
+for _name in ("create_app", "serve", "serve_main", "uvicorn_config", "ServerStats"):
     globals()[_name].__module__ = "forge_env.server"
 del _name

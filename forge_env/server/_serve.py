@@ -9,7 +9,7 @@ from typing import Any
 from forge_env.server._app import create_app
 from forge_env.server._factory import EnvFactoryLike
 
-__all__ = ["serve", "uvicorn_config", "UVICORN_WS_SETTINGS"]
+__all__ = ["is_loopback_host", "serve", "serve_main", "uvicorn_config", "UVICORN_WS_SETTINGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,12 @@ UVICORN_WS_SETTINGS: dict[str, Any] = {
 }
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """True when binding ``host`` keeps the server on this machine.
+
+    >>> is_loopback_host("127.0.0.1"), is_loopback_host("localhost"), is_loopback_host("0.0.0.0")
+    (True, True, False)
+    """
     if host == "localhost":
         return True
     try:
@@ -93,7 +98,7 @@ def serve(
             session_idle_timeout=session_idle_timeout,
             **app_kwargs,
         )
-    if not _is_loopback(host):
+    if not is_loopback_host(host):
         logger.warning(
             "serving on %s:%d, reachable from other machines: environments may run "
             "model-written code; bind 127.0.0.1 unless this is what you want",
@@ -101,6 +106,29 @@ def serve(
             port,
         )
     uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
+
+
+def serve_main(
+    env_factory_or_app: EnvFactoryLike | Any, argv: list[str] | None = None
+) -> None:
+    """The ``main()`` of an env's ``server/app.py``: ``--host``, ``--port``, ``--log-level``.
+
+    Every built-in env ends its ``server/app.py`` with::
+
+        if __name__ == "__main__":
+            serve_main(app)
+
+    so ``python -m envs.echo.server.app --port 8000`` serves it with the tuned settings of
+    :func:`serve` (containers pass ``--host 0.0.0.0`` and publish on 127.0.0.1).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the environment over the OpenEnv wire")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    serve(env_factory_or_app, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def _is_app(obj: Any) -> bool:

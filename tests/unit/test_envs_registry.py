@@ -86,7 +86,7 @@ def test_package_shape(name):
     assert "FROM ${BASE_IMAGE}" in dockerfile and "EXPOSE 8000" in dockerfile
     assert re.search(r"^USER \d+", dockerfile, re.M)  # not root
     assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
-    assert f'"envs.{name}.server.app:app", "--host", "0.0.0.0", "--port", "8000"' in dockerfile
+    assert f'"-m", "envs.{name}.server.app", "--host", "0.0.0.0", "--port", "8000"' in dockerfile
     readme = (folder / "README.md").read_text()
     assert readme.startswith(f"# {name}") and "Reward" in readme
 

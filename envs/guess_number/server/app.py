@@ -3,31 +3,23 @@
 Run it::
 
     python -m uvicorn envs.guess_number.server.app:app --host 127.0.0.1 --port 8000
-    python -m envs.guess_number.server.app --port 8000        # the same, via main()
+    python -m envs.guess_number.server.app --port 8000        # the same, with forge-env's tuned settings
 
 Each WebSocket session gets its own ``GuessNumberEnv`` instance.
 """
 
 from __future__ import annotations
 
-import argparse
-
-from forge_env.server import create_app
+from forge_env.server import create_app, serve_main
 
 from envs.guess_number.env import GuessNumberEnv
 
 app = create_app(GuessNumberEnv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Serve the app with uvicorn (loopback by default; containers pass --host 0.0.0.0)."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description="Serve the environment over the OpenEnv wire")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    uvicorn.run(app, host=args.host, port=args.port)
+def main() -> None:
+    """Serve this env (``--host``, ``--port``, ``--log-level``); OpenEnv's layout wants a main()."""
+    serve_main(app)
 
 
 if __name__ == "__main__":
