@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 
 ## The whole suite, every marker included (openenv, slow, ...).
 test: venv
-	$(PY) -m pytest -ra -q tests
+	$(PY) -m pytest -ra -q --doctest-modules forge_env envs apps tests
 
 ## Unit tests only: quick feedback while editing.
 test-fast: venv

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from forge_env._exceptions import InvalidActionError
 
 if TYPE_CHECKING:  # pragma: no cover
     import gymnasium
@@ -238,10 +240,6 @@ class AsyncEnv(Generic[ObsT, ActT]):
         Raises:
             InvalidActionError: with pydantic's error list, when validation fails.
         """
-        from pydantic import ValidationError
-
-        from forge_env._exceptions import InvalidActionError
-
         if isinstance(action, self.action_type):
             return action  # type: ignore[return-value]
         if isinstance(action, BaseModel):
@@ -332,6 +330,7 @@ class SyncEnv(Generic[ObsT, ActT]):
 
     def _run(self, coro: Any) -> Any:
         if self._loop.is_closed():
+            coro.close()  # never awaited: close it so Python does not warn about it
             raise RuntimeError("this SyncEnv is closed; create a new one with env.sync()")
         return self._loop.run_until_complete(coro)
 
@@ -339,7 +338,8 @@ class SyncEnv(Generic[ObsT, ActT]):
         return self._run(self.env.reset(seed=seed, options=options))
 
     def step(self, action: ActT | dict[str, Any]) -> StepResult[ObsT]:
-        return self._run(self.env.step(action))  # type: ignore[arg-type]
+        """Step with an action model or a plain dict (validated by ``env.parse_action``)."""
+        return self._run(self.env.step(self.env.parse_action(action)))
 
     def state(self) -> State:
         return self._run(self.env.state())

@@ -94,7 +94,7 @@ def resolve_env_factory(spec: str | EnvFactory) -> EnvFactory:
 
     >>> factory = resolve_env_factory("guess_number")      # a built-in
     >>> factory = resolve_env_factory("./envs/guess_number")  # an env folder
-    >>> env = resolve_env_factory("my_env.py:MyEnv")()       # a class in a file
+    >>> env = resolve_env_factory("my_env.py:MyEnv")()  # doctest: +SKIP
 
     Args:
         spec: a built-in env name, a path to an env folder, ``module:attr`` /
