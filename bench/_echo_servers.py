@@ -12,11 +12,14 @@ while ``forge_env.server`` is not importable (and the other way round)::
     python -m uvicorn bench._echo_servers:openenv_app --host 127.0.0.1 --port 8001
     python -m uvicorn bench._echo_servers:ours_app --host 127.0.0.1 --port 8002
 
-``BENCH_MAX_SESSIONS`` (default 1024) sets the session capacity of both servers.
+``BENCH_MAX_SESSIONS`` (default 1024) sets the session capacity of both servers. Both apps also
+answer ``GET /bench/loop`` with the class of the event loop serving them (``{"loop": "uvloop.Loop"}``),
+so the benchmark can record what each server really ran on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from typing import Any
@@ -93,12 +96,14 @@ def build_openenv_app() -> Any:
         def state(self) -> State:
             return State(episode_id=self._episode_id, step_count=self._steps)
 
-    return create_app(
-        EchoEnvironment,
-        EchoAction,
-        EchoObservation,
-        env_name="echo_bench",
-        max_concurrent_envs=max_sessions(),
+    return _with_loop_route(
+        create_app(
+            EchoEnvironment,
+            EchoAction,
+            EchoObservation,
+            env_name="echo_bench",
+            max_concurrent_envs=max_sessions(),
+        )
     )
 
 
@@ -141,7 +146,18 @@ def build_ours_app() -> Any:
         async def state(self) -> State:
             return State(episode_id=self._episode_id, step_count=self._steps)
 
-    return create_app(EchoEnv, max_sessions=max_sessions())
+    return _with_loop_route(create_app(EchoEnv, max_sessions=max_sessions()))
+
+
+def _with_loop_route(app: Any) -> Any:
+    """Add ``GET /bench/loop`` to a FastAPI app: the event loop class serving it."""
+
+    async def bench_loop() -> dict[str, str]:
+        loop = type(asyncio.get_running_loop())
+        return {"loop": f"{loop.__module__}.{loop.__qualname__}"}
+
+    app.add_api_route("/bench/loop", bench_loop, methods=["GET"], include_in_schema=False)
+    return app
 
 
 _BUILDERS = {"openenv_app": build_openenv_app, "ours_app": build_ours_app}

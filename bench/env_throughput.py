@@ -9,10 +9,16 @@ Measures steps/s and p50/p99 step latency at 1, 16 and 256 concurrent sessions f
 
 Each server runs in its own process (``python -m uvicorn bench._echo_servers:<app>``, 127.0.0.1,
 a free port, log level warning), so client and server never share a GIL; by default each side is
-served the way its project serves envs (``--uvicorn-settings``: ours with the WebSocket settings of
-``forge_env.server.serve``, OpenEnv with plain uvicorn defaults). The client side runs
-all N sessions in one asyncio loop in this process. Every measurement opens N fresh sessions,
-resets them, warms up for ``--warmup`` seconds, then times each ``await step`` for ``--duration``
+served the way its project serves envs (``--uvicorn-settings shipped``): ours with the settings of
+``forge_env.server.serve`` (its WebSocket settings, and uvloop's event loop where installed: a
+dependency of forge-env), OpenEnv with plain uvicorn on asyncio's loop (``--loop asyncio``
+explicitly: OpenEnv depends on plain ``uvicorn``, without uvloop, while uvicorn's default
+``--loop auto`` would pick up the uvloop in this venv). ``--uvicorn-settings tuned`` serves both
+with our settings (the like-for-like comparison of the two apps), ``defaults`` both as OpenEnv ships.
+Each server reports the event loop it really runs on (``GET /bench/loop``); the JSON records it.
+The client side runs all N sessions in one event loop in this process: asyncio's for both
+clients, or uvloop's with ``--uvloop`` (which also puts both servers on uvloop). Every
+measurement opens N fresh sessions, resets them, warms up for ``--warmup`` seconds, then times each ``await step`` for ``--duration``
 seconds (or ``--steps-per-session`` steps). Repeats are interleaved (pair order rotates every
 repeat) and the table reports the median over repeats. Server and client CPU seconds per step
 are recorded too: on a small machine they show which process is the bottleneck.
@@ -156,9 +162,19 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     command: list[str]
+    # The event loop class the server runs on, as it reports it ("uvloop.Loop", ...).
+    loop: str = "unknown"
 
     def cpu_seconds(self) -> float | None:
         return _proc_cpu_seconds(self.proc.pid)
+
+    @property
+    def loop_kind(self) -> str:
+        """``"uvloop"``, ``"asyncio"`` or the reported class name of any other loop."""
+        for kind in ("uvloop", "asyncio"):
+            if self.loop.startswith(kind + "."):
+                return kind
+        return self.loop
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -167,28 +183,52 @@ class ServerProcess:
             return "(no log)"
 
 
-def tuned_uvicorn_flags() -> list[str]:
-    """uvicorn CLI flags equal to ``forge_env.server.UVICORN_WS_SETTINGS`` (what ``serve`` uses)."""
+def tuned_uvicorn_flags(*, loop: bool = True) -> list[str]:
+    """uvicorn CLI flags equal to ``forge_env.server.UVICORN_WS_SETTINGS`` (what ``serve`` uses);
+    ``loop=False`` leaves out its ``--loop``."""
     from forge_env.server import UVICORN_WS_SETTINGS
 
     flags: list[str] = []
     for key, value in UVICORN_WS_SETTINGS.items():
+        if key == "loop" and not loop:
+            continue
         flag = "--" + key.replace("_", "-")
         flags += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     return flags
 
 
+def _uses_our_settings(side: str, settings: str) -> bool:
+    return settings == "tuned" or (settings == "shipped" and side == "ours")
+
+
+def server_loop(side: str, settings: str, *, uvloop: bool = False) -> str:
+    """The uvicorn ``--loop`` of one side's server: ``"uvloop"`` or ``"asyncio"``.
+
+    Ours (``shipped``) and both (``tuned``) get the loop of ``UVICORN_WS_SETTINGS`` (uvloop
+    where installed); OpenEnv as shipped, and both under ``defaults``, get asyncio's, which
+    is what plain ``uvicorn`` runs without uvloop installed (OpenEnv does not depend on it).
+    ``uvloop=True`` (the ``--uvloop`` flag) puts every server on uvloop.
+    """
+    if uvloop:
+        return "uvloop"
+    if _uses_our_settings(side, settings):
+        from forge_env.server import UVICORN_WS_SETTINGS
+
+        return str(UVICORN_WS_SETTINGS.get("loop", "asyncio"))
+    return "asyncio"
+
+
 def uvicorn_flags(side: str, settings: str, *, uvloop: bool = False) -> list[str]:
     """Extra uvicorn flags of one side's server under ``--uvicorn-settings``.
 
-    ``shipped``: each side as its project serves it: ours with the WebSocket settings of
+    ``shipped``: each side as its project serves it: ours with the settings of
     ``forge_env.server.serve``, OpenEnv with plain ``uvicorn app`` (its Dockerfiles and
-    runtime providers). ``defaults``: both plain. ``tuned``: both with ours.
-    ``uvloop`` adds ``--loop uvloop`` to both.
+    runtime providers) on asyncio's loop. ``defaults``: both as OpenEnv ships.
+    ``tuned``: both with ours. The event loop is always explicit (:func:`server_loop`).
     """
-    flags = ["--loop", "uvloop"] if uvloop else []
-    if settings == "tuned" or (settings == "shipped" and side == "ours"):
-        flags += tuned_uvicorn_flags()
+    flags = ["--loop", server_loop(side, settings, uvloop=uvloop)]
+    if _uses_our_settings(side, settings):
+        flags += tuned_uvicorn_flags(loop=False)
     return flags
 
 
@@ -228,8 +268,9 @@ def serve(
                 )
             try:
                 if httpx.get(server.url + "/health", timeout=1.0).status_code == 200:
+                    server.loop = httpx.get(server.url + "/bench/loop", timeout=5.0).json()["loop"]
                     break
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError, KeyError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the {side} server did not answer /health within {timeout}s:\n{server.log_tail()}")
@@ -519,10 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=0.2, help="pause between measurements, seconds (default 0.2)")
     p.add_argument("--episode-len", type=int, default=0, help="steps per episode, then reset; 0 = never done (default)")
     p.add_argument("--uvicorn-settings", choices=("shipped", "defaults", "tuned"), default="shipped",
-                   help="shipped (default): ours with forge_env.server.UVICORN_WS_SETTINGS, OpenEnv with plain uvicorn, "
-                   "as each project serves its envs; defaults: both plain uvicorn; tuned: both with ours")
+                   help="shipped (default): ours with forge_env.server.UVICORN_WS_SETTINGS (uvloop where installed), "
+                   "OpenEnv with plain uvicorn on asyncio's loop, as each project serves its envs; "
+                   "defaults: both as OpenEnv ships; tuned: both with ours (like for like)")
     p.add_argument("--uvloop", action="store_true",
-                   help="run both servers and the client on uvloop (must be installed) instead of asyncio's loop")
+                   help="run both servers and the client on uvloop (must be installed); by default the client "
+                   "runs on asyncio's loop and each server on the loop of --uvicorn-settings")
     p.add_argument("--quick", action="store_true", help="tiny run: 1 and 16 sessions, 1 repeat, short measurements")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT.relative_to(REPO_ROOT)})")
     return p
@@ -577,6 +620,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for side in sorted({pq[0] for pq in pairs})
         }
         server_commands = {side: server.command for side, server in servers.items()}
+        server_loops = {side: server.loop_kind for side, server in servers.items()}
+        server_loop_classes = {side: server.loop for side, server in servers.items()}
+        client_loop = "uvloop" if args.uvloop else "asyncio"
+        for side, server in servers.items():
+            wanted = server_loop(side, args.uvicorn_settings, uvloop=args.uvloop)
+            if server.loop_kind != wanted:
+                print(f"warning: the {side} server was started with --loop {wanted} but runs on "
+                      f"{server.loop}", flush=True)
+        print("event loops: " + ", ".join(f"{side} server {loop}" for side, loop in server_loops.items())
+              + f"; clients {client_loop}", flush=True)
         try:
             rows = run_loop(
                 run_all(
@@ -599,6 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ratio_rows = ratios(rows)
     print()
+    print(f"--uvicorn-settings {args.uvicorn_settings}; event loops: "
+          + ", ".join(f"{side} server {loop}" for side, loop in server_loops.items())
+          + f"; clients {client_loop}")
     print(format_table(rows, ratio_rows))
     report = {
         "benchmark": "env_throughput",
@@ -623,6 +679,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quick": args.quick,
             "uvicorn_settings": args.uvicorn_settings,
             "uvloop": args.uvloop,
+            "server_loops": server_loops,
+            "server_loop_classes": server_loop_classes,
+            "client_loop": client_loop,
             "server_commands": {side: " ".join(server_commands[side][1:]) for side in server_commands},
         },
         "rows": [asdict(r) for r in rows],

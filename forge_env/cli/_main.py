@@ -142,8 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``forge-env`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
-    >>> main(["--version"])  # doctest: +SKIP
-    forge-env 0.1.0
+    >>> main(["list"]) == 0  # doctest: +ELLIPSIS
+    ENV           DESCRIPTION
+    ...
+    guess_number  Guess a hidden integer in a few turns from higher/lower hints.
+    ...
+    True
     """
     parser = build_parser()
     try:

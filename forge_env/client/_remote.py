@@ -5,9 +5,10 @@ HTTP (httpx) serves the stateless routes: ``/health``, ``/metadata``, ``/schema`
 JSON-RPC on ``/mcp`` when no session is open.
 
 The per-step path is deliberately lean, because rollouts run hundreds of these in one event
-loop: no per-message compression (it costs CPU on both ends and env frames are small), one
-stdlib C-accelerated JSON encode and decode per frame, one pydantic validation (the
-observation model) and no extra tasks per request (``asyncio.timeout``, not ``wait_for``).
+loop: a WebSocket connection of our own (``_wsconn``: frames written straight to the
+transport and parsed in ``data_received``, no per-message compression), one stdlib
+C-accelerated JSON encode and decode per frame, one pydantic validation (the observation
+model), no extra tasks and no timer per request.
 """
 
 from __future__ import annotations
@@ -18,18 +19,10 @@ import itertools
 import json
 import logging
 import ssl
-from typing import Any, Generic, Mapping
+from typing import Any, Callable, Generic, Mapping
 
 from pydantic import BaseModel, ValidationError
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidStatus,
-    InvalidURI,
-)
-from websockets.protocol import State as WsState
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from forge_env._exceptions import (
     ConnectError,
@@ -41,6 +34,7 @@ from forge_env._exceptions import (
 )
 from forge_env._wire import JsonRpcErrorCode, reset_result_from_payload, step_result_from_payload
 from forge_env.client._urls import ServerEndpoints
+from forge_env.client._wsconn import InvalidProxyConfig, WsClosed, WsConnection, connect_ws
 from forge_env.env._core import (
     ActT,
     AnyAction,
@@ -58,9 +52,64 @@ __all__ = ["RemoteEnv"]
 
 logger = logging.getLogger(__name__)
 
-# Compact separators, non-ASCII kept as is: the C encoder, fewer bytes on the wire.
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_decode = json.loads
+
+def _make_encode() -> Callable[[Any], str]:
+    """``json.dumps`` with compact separators and non-ASCII kept as is, minus its per-call setup.
+
+    ``JSONEncoder.encode`` builds a new C encoder object on every call; on a path taken
+    thousands of times a second that setup costs more than the encoding. Here the C encoder
+    is built once (checked against the stdlib's output; the plain encoder where the C one is
+    missing or differs). It runs without the circular-reference bookkeeping: a circular
+    structure recurses until RecursionError, and is then re-encoded by the stdlib encoder,
+    which raises its usual ``ValueError: Circular reference detected``.
+    """
+    plain = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    try:
+        from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+
+        if c_make_encoder is None:
+            return plain.encode
+        fast = c_make_encoder(None, plain.default, encode_basestring, None, ":", ",", False, False, True)
+        sample = {"s": 'é"\n\u2028', "n": [1, -2.5, 1e300, None, True, False], "o": {"1": []}}
+        if "".join(fast(sample, 0)) != plain.encode(sample):
+            return plain.encode
+    except Exception:  # another Python's private json API: keep the public one
+        return plain.encode
+
+    def encode(obj: Any) -> str:
+        try:
+            return "".join(fast(obj, 0))
+        except RecursionError:
+            return plain.encode(obj)
+
+    return encode
+
+
+def _make_decode() -> Callable[[str | bytes], Any]:
+    """``json.loads`` minus two whitespace regex matches per call: the C scanner first.
+
+    Anything the bare scanner does not take whole (surrounding whitespace, bytes, invalid
+    JSON) goes through ``json.loads``, which decodes it or raises its usual error.
+    """
+    scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+    loads = json.loads
+
+    def decode(raw: str | bytes) -> Any:
+        if type(raw) is str:
+            try:
+                obj, end = scan(raw, 0)
+            except (StopIteration, ValueError):
+                pass
+            else:
+                if end == len(raw):
+                    return obj
+        return loads(raw)
+
+    return decode
+
+
+_encode = _make_encode()
+_decode = _make_decode()
 
 # After these codes the server closes the socket: the session is over, not just the request.
 _SESSION_ENDING_CODES = frozenset({"CAPACITY_REACHED", "FACTORY_ERROR", "SESSION_ERROR"})
@@ -71,6 +120,12 @@ _RPC_TO_CODE = {
     JsonRpcErrorCode.INVALID_REQUEST.value: "VALIDATION_ERROR",
     JsonRpcErrorCode.INVALID_PARAMS.value: "VALIDATION_ERROR",
     JsonRpcErrorCode.METHOD_NOT_FOUND.value: "UNKNOWN_TYPE",
+}
+
+# What to do after this client failed the connection itself, by the close code it sent.
+_LOCAL_FAILURE_HINT = {
+    1009: "raise max_message_size=... (or pass None) if such replies are expected, then call reset()",
+    1011: "the server or the network stalled; call reset() to reconnect with a fresh session",
 }
 
 _START_HINT = (
@@ -175,7 +230,7 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
         self.max_message_size = max_message_size
         self.ping_interval = ping_interval
 
-        self._ws: ClientConnection | None = None
+        self._ws: WsConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._lost: str | None = None  # why the last session ended, until the next reset
@@ -207,7 +262,7 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
     @property
     def is_connected(self) -> bool:
         """True while a WebSocket session is open (as far as this side knows)."""
-        return self._ws is not None and self._ws.state is WsState.OPEN
+        return self._ws is not None and self._ws.open
 
     @property
     def session_address(self) -> str | None:
@@ -329,14 +384,10 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
                 # A request is in flight (it fails at once) or the socket belongs to another
                 # loop: cut the connection instead of waiting for a polite goodbye.
                 with contextlib.suppress(Exception):
-                    if ws.transport is not None:
-                        ws.transport.abort()
+                    ws.abort()
             else:
                 async with self._lock:
-                    try:
-                        await ws.send('{"type":"close"}')
-                    except ConnectionClosed:
-                        pass
+                    ws.send_text('{"type":"close"}')
                     await ws.close()
         http, self._http = self._http, None
         if http is not None and self._http_loop is running:
@@ -426,19 +477,17 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
         """Open the WebSocket session (lock held)."""
         url = self.ws_url
         try:
-            ws = await ws_connect(
+            # No per-message compression is offered: env frames are small JSON, and deflate
+            # costs more CPU than it saves on loopback and LAN, on both ends.
+            ws = await connect_ws(
                 url,
-                # Env frames are small JSON; deflate costs more CPU than it saves on loopback
-                # and LAN, on both ends.
-                compression=None,
+                headers=self.headers,
                 open_timeout=self.connect_timeout,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_interval,
-                close_timeout=min(self.connect_timeout, 5.0),
                 max_size=self.max_message_size,
-                additional_headers=self.headers or None,
+                ping_interval=self.ping_interval,
+                close_timeout=min(self.connect_timeout, 5.0),
                 # An HTTP(S)_PROXY meant for the internet must not intercept loopback servers.
-                proxy=None if self._endpoints.is_loopback else True,
+                use_proxy=not self._endpoints.is_loopback,
             )
         except TimeoutError as e:
             raise EnvTimeoutError(
@@ -461,6 +510,12 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
             ) from e
         except InvalidURI as e:
             raise ConnectError(f"invalid WebSocket URL {url!r}: {e}", **self._ctx()) from e
+        except InvalidProxyConfig as e:
+            raise ConnectError(
+                f"cannot reach {url} through the configured proxy ({e}): fix HTTPS_PROXY/HTTP_PROXY/"
+                "ALL_PROXY, or exempt the host with NO_PROXY",
+                **self._ctx(),
+            ) from e
         except InvalidHandshake as e:
             raise ConnectError(
                 f"the WebSocket handshake with {url} failed ({e}): wrong scheme (https/wss vs "
@@ -483,21 +538,22 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
         # The client-side socket address names the session as the server's access log shows it.
         self._session_label = f"{local[0]}:{local[1]}" if local else None
 
-    def _drop(self, ws: ClientConnection, why: str) -> None:
+    def _drop(self, ws: WsConnection, why: str) -> None:
         """Forget a session whose socket cannot be trusted any more (lock held)."""
         if self._ws is ws:
             self._ws = None
         self._lost = why
         # Abort, not a polite close: a reply may still be in flight and we will not read it;
         # the server sees the disconnect at once and frees the session's capacity slot.
-        if ws.transport is not None:
-            ws.transport.abort()
+        ws.abort()
 
     async def _request(self, frame: dict[str, Any], what: str, expect: str, *, reconnect: bool) -> dict[str, Any]:
         """Send one frame on the session and return the ``data`` of its reply."""
-        async with self._session_lock():
+        lock = self._session_lock()
+        await lock.acquire()  # not `async with`: two coroutine frames fewer per request
+        try:
             ws = self._ws
-            if ws is not None and reconnect and ws.state is not WsState.OPEN:
+            if ws is not None and reconnect and not ws.open:
                 self._drop(ws, "closed while idle")  # known dead: do not send into it
                 ws = None
             if ws is None:
@@ -509,18 +565,11 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
                 await self._open()
                 ws = self._ws
                 assert ws is not None
-            raw = _encode(frame)
+            # A closing socket takes no frame; recv() then returns what the server sent before
+            # closing (a refused session's CAPACITY_REACHED error), or how it closed.
+            ws.send_text(_encode(frame))
             try:
-                try:
-                    await ws.send(raw)
-                except ConnectionClosed:
-                    # A refused session (e.g. CAPACITY_REACHED) sends its error frame, then
-                    # closes; if the close won the race, the error frame is still queued.
-                    pass
-                if self.message_timeout is None:
-                    reply_raw = await ws.recv()
-                else:
-                    reply_raw = await _recv_within(ws, self.message_timeout)
+                reply_raw = await ws.recv(self.message_timeout)
             except TimeoutError as e:
                 self._drop(ws, f"no {what} reply within message_timeout")
                 raise EnvTimeoutError(
@@ -529,16 +578,22 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
                     "request): call reset() to start a new one, or raise message_timeout=...",
                     **self._ctx(),
                 ) from e
-            except ConnectionClosed as e:
+            except WsClosed as e:
                 if self._closed:
                     raise ConnectionClosedError(
                         f"close() was called while the {what} request was in flight", **self._ctx()
                     ) from e
-                code, reason = _close_info(e)
-                self._drop(ws, f"closed by the server, code {code}{': ' + reason if reason else ''}")
+                if e.local is not None:
+                    self._drop(ws, f"dropped by this client: {e.local}")
+                    raise ConnectionClosedError(
+                        f"the session was dropped before the {what} reply: {e.local} (close code {e.code}); "
+                        f"{_LOCAL_FAILURE_HINT.get(e.code, 'call reset() to reconnect with a fresh session')}",
+                        **self._ctx(),
+                    ) from e
+                self._drop(ws, f"closed by the server, code {e.code}{': ' + e.reason if e.reason else ''}")
                 raise ConnectionClosedError(
-                    f"the server closed the session (close code {code}"
-                    f"{', reason ' + repr(reason) if reason else ''}{_close_hint(code)}) before the {what} "
+                    f"the server closed the session (close code {e.code}"
+                    f"{', reason ' + repr(e.reason) if e.reason else ''}{_close_hint(e.code)}) before the {what} "
                     "reply; call reset() to reconnect with a fresh session",
                     **self._ctx(),
                 ) from e
@@ -560,7 +615,7 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
                 return data
             if kind == "error":
                 err = server_error_from_envelope(data if isinstance(data, dict) else {}, **self._ctx())
-                if err.code in _SESSION_ENDING_CODES or ws.state is not WsState.OPEN:
+                if err.code in _SESSION_ENDING_CODES or not ws.open:
                     self._drop(ws, f"the server refused the session ({err.code})")
                 raise err
             self._drop(ws, f"unexpected {kind!r} frame")
@@ -569,6 +624,8 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
                 "the session was dropped to stay in sync",
                 **self._ctx(),
             )
+        finally:
+            lock.release()
 
     def _tolerant(self, reply: dict[str, Any], error: ValidationError) -> dict[str, Any]:
         """Drop observation fields a strict observation model does not declare, or explain."""
@@ -675,46 +732,12 @@ class RemoteEnv(AsyncEnv[ObsT, ActT], Generic[ObsT, ActT]):
         return response.get("result")
 
 
-def _expire(task: asyncio.Task[Any], fired: list[bool]) -> None:
-    fired.append(True)
-    task.cancel()
-
-
-async def _recv_within(ws: ClientConnection, seconds: float) -> str | bytes:
-    """``ws.recv()`` with a deadline; raises TimeoutError when it passes.
-
-    What ``asyncio.timeout`` does, minus its bookkeeping: one timer handle per reply. It
-    halves the deadline's cost, which matters on a path taken thousands of times a second.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    cancelling = task.cancelling()
-    fired: list[bool] = []
-    handle = asyncio.get_running_loop().call_later(seconds, _expire, task, fired)
-    try:
-        return await ws.recv()
-    except asyncio.CancelledError:
-        # Ours only if our timer fired and nobody else cancelled the task meanwhile.
-        if fired and task.uncancel() <= cancelling:
-            raise TimeoutError from None
-        raise
-    finally:
-        handle.cancel()
-
-
 def _check_seconds(label: str, value: float | None, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
         none = " or None" if allow_none else ""
         raise ValueError(f"{label} must be a positive number of seconds{none}, got {value!r}")
-
-
-def _close_info(exc: ConnectionClosed) -> tuple[int, str]:
-    # No close frame received (TCP reset, process killed) is 1006, "abnormal closure".
-    if exc.rcvd is not None:
-        return exc.rcvd.code, exc.rcvd.reason
-    return 1006, ""
 
 
 def _close_hint(code: int) -> str:

@@ -318,13 +318,14 @@ class _Validator:
         status, body = await self.post_json("/step", {"action": action})
         if status == 422 and isinstance(body, dict):
             return f"action {_short(action, 60)} refused with 422 (a validation error is fine)"
-        if status >= 500 and isinstance(body, dict) and "detail" in body:
-            # A fresh env may refuse a step without a reset: the HTTP face of EXECUTION_ERROR.
+        if status in (409, 500, 503) and isinstance(body, dict) and "detail" in body:
+            # A fresh env may refuse a step without a reset: the HTTP face of EXECUTION_ERROR
+            # (OpenEnv answers 500; forge-env answers 409 Conflict, saying to use /ws).
             return (f"action {_short(action, 60)} -> the env raised, HTTP {status} with a JSON "
                     f"detail (allowed): {_short(body['detail'], 60)}")
         if status != 200:
             raise _Fail(f"POST /step {{'action': {_short(action, 60)}}} answered {status} "
-                        f"{_describe(body)} (expected 200, 422 for a bad action, or an error with "
+                        f"{_describe(body)} (expected 200, 422 for a bad action, or 409/500 with "
                         "a JSON 'detail')")
         return _check_envelope(body, "POST /step")
 

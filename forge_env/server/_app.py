@@ -8,17 +8,18 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Body, FastAPI, HTTPException, Request, WebSocket
+from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from forge_env._exceptions import InvalidActionError
+from forge_env._exceptions import EpisodeNotStartedError, InvalidActionError
 from forge_env._wire import JsonRpcErrorCode, jsonable
 from forge_env.env._core import EnvMetadata
 from forge_env.server._factory import EnvFactory, EnvFactoryLike, default_metadata
 from forge_env.server._frames import dumps_jsonable
 from forge_env.server._mcp import handle_rpc, rpc_error
 from forge_env.server._server import EnvServer, FrameError, OperationTimeout
+from forge_env.server._websocket import AsgiWebSocketMiddleware
 
 __all__ = ["create_app", "OPENENV_API_VERSION"]
 
@@ -224,6 +225,15 @@ def create_app(
         except OperationTimeout as e:
             server.stats.count_error("EXECUTION_ERROR")
             raise HTTPException(status_code=500, detail=f"EXECUTION_ERROR: {e}") from e
+        except EpisodeNotStartedError as e:
+            # Not a server fault: this env needs reset() first, and HTTP /step is stateless.
+            server.stats.count_error("EXECUTION_ERROR")
+            raise HTTPException(
+                status_code=409,
+                detail=f"EXECUTION_ERROR: {server.describe(e)}. HTTP POST /step is stateless "
+                "(a fresh env per request, as in OpenEnv), so this env cannot be stepped "
+                "here: run episodes over the WebSocket session at /ws (e.g. RemoteEnv)",
+            ) from e
         except Exception as e:
             server.stats.count_error("EXECUTION_ERROR")
             raise HTTPException(status_code=500, detail=f"EXECUTION_ERROR: {server.describe(e)}") from e
@@ -283,12 +293,12 @@ def create_app(
 
     # --- WebSockets ---------------------------------------------------------------
 
-    @app.websocket("/ws")
-    async def ws(websocket: WebSocket) -> None:
-        await server.websocket_session(websocket)
-
-    @app.websocket("/mcp")
-    async def ws_mcp(websocket: WebSocket) -> None:
-        await server.mcp_websocket(websocket)
-
+    # WS /ws (sessions) and WS /mcp run on raw ASGI messages rather than as FastAPI
+    # routes: every env step passes through them, and starlette's WebSocket wrapper plus
+    # the routing layers cost 2-5 % of the server's CPU per step (see _websocket.py).
+    # Middlewares added to the app later still wrap these connections.
+    app.add_middleware(
+        AsgiWebSocketMiddleware,
+        handlers={"/ws": server.websocket_session, "/mcp": server.mcp_websocket},
+    )
     return app

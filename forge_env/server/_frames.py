@@ -35,9 +35,31 @@ def dumps_jsonable(value: Any) -> str:
         return _dumps(jsonable(value))
 
 
+# Observation class -> its pydantic serializer's ``to_json``, or None where the class
+# overrides ``model_dump_json`` (then that is called). ``to_json`` with its defaults is
+# exactly what ``BaseModel.model_dump_json()`` runs, minus a wrapper that re-passes 15
+# keyword arguments: about 1 us less per step.
+_TO_JSON: dict[type, Any] = {}
+
+
+def _to_json_of(cls: type) -> Any:
+    to_json = None
+    if getattr(cls, "model_dump_json", None) is BaseModel.model_dump_json:
+        try:
+            to_json = cls.__pydantic_serializer__.to_json  # type: ignore[attr-defined]
+        except Exception:  # a model not fully defined yet: model_dump_json() says why
+            return None
+    _TO_JSON[cls] = to_json
+    return to_json
+
+
 def observation_json(observation: Any) -> str:
     """The observation's fields as JSON text (pydantic serialises it once, NaN -> null)."""
     if isinstance(observation, BaseModel):
+        cls = type(observation)
+        to_json = _TO_JSON[cls] if cls in _TO_JSON else _to_json_of(cls)
+        if to_json is not None:
+            return to_json(observation).decode()
         return observation.model_dump_json()
     if isinstance(observation, dict):
         return dumps_jsonable(observation)

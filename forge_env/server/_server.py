@@ -1,9 +1,11 @@
 """The engine behind ``create_app``: the ``/ws`` session loop and the stateless operations.
 
 One :class:`EnvServer` per app. The WebSocket loop is the hot path of training (every
-env step of every rollout goes through it), so it is written for speed: one ``json.loads``
-per message, a dict lookup on ``type``, no pydantic models for frames, the env's
-coroutines awaited directly (no thread hop), and replies encoded by :mod:`._frames`.
+env step of every rollout goes through it), so it is written for speed: raw ASGI messages
+(:mod:`._websocket`, no starlette ``WebSocket``), one ``json.loads`` per message, a dict
+lookup on ``type``, no pydantic models for frames, the action validated by its pydantic
+validator directly, the env's coroutines awaited directly (no thread hop, no timer when
+there is no deadline), and replies encoded by :mod:`._frames`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from fastapi import WebSocket
-from starlette.websockets import WebSocketDisconnect
+from pydantic import BaseModel, ValidationError
 
 from forge_env._exceptions import InvalidActionError
 from forge_env._wire import ErrorCode, JsonRpcErrorCode, jsonable
@@ -31,6 +32,7 @@ from forge_env.server._sessions import (
     Session,
     SessionManager,
 )
+from forge_env.server._websocket import AsgiWebSocket
 
 __all__ = ["EnvServer", "OperationTimeout", "FrameError"]
 
@@ -95,6 +97,9 @@ class EnvServer:
         # action type -> does it declare a `metadata` field (decides whether to drop
         # the `metadata: {}` that OpenEnv's typed clients add to every action).
         self._keeps_metadata: dict[type, bool] = {}
+        # env class -> its action type's pydantic validator, where neither the env's
+        # parse_action nor the action's model_validate is overridden (else None).
+        self._validators: dict[type, Any] = {}
 
     # --- helpers shared by WS and HTTP ------------------------------------------------
 
@@ -141,7 +146,34 @@ class EnvServer:
                 self._keeps_metadata[action_type] = keeps
             if not keeps:
                 data = {k: v for k, v in data.items() if k != "metadata"}
+        cls = type(env)
+        validator = self._validators[cls] if cls in self._validators else self._validator_of(cls)
+        if validator is not None:
+            # What AsyncEnv.parse_action -> model_validate run for a valid dict, without
+            # two Python wrappers (~1 us a step); an invalid one takes the full path
+            # below, which raises InvalidActionError with the errors.
+            try:
+                return validator.validate_python(data)
+            except ValidationError:
+                pass
         return env.parse_action(data)
+
+    def _validator_of(self, env_type: type) -> Any:
+        validator = None
+        action_type = getattr(env_type, "action_type", None)
+        if (
+            getattr(env_type, "parse_action", None) is AsyncEnv.parse_action
+            and isinstance(action_type, type)
+            and issubclass(action_type, BaseModel)
+            and action_type.model_validate.__func__ is BaseModel.model_validate.__func__  # type: ignore[attr-defined]
+        ):
+            try:
+                validator = action_type.__pydantic_validator__
+                validator.validate_python  # noqa: B018 - a model not fully defined raises here
+            except Exception:
+                return None  # not cached: the full path reports why, and may work later
+        self._validators[env_type] = validator
+        return validator
 
     @staticmethod
     def split_reset_data(data: dict[str, Any]) -> tuple[int | None, dict[str, Any] | None]:
@@ -183,7 +215,10 @@ class EnvServer:
     ) -> str:
         """Validate and apply one action; the observation frame (or its data) as JSON."""
         action = self.parse_action(env, data)
-        result = await self.with_timeout(env.step(action), "step", timeout)
+        if timeout is None and self.step_timeout is None:
+            result = await env.step(action)  # no deadline: skip with_timeout's frame
+        else:
+            result = await self.with_timeout(env.step(action), "step", timeout)
         try:
             observation, reward, terminated, truncated, info = result
         except (TypeError, ValueError):
@@ -227,7 +262,7 @@ class EnvServer:
     # --- the /ws session loop -------------------------------------------------------
 
     async def _claim_session(
-        self, websocket: WebSocket
+        self, websocket: AsgiWebSocket
     ) -> tuple[Session | None, bool, tuple[ErrorCode, str, dict[str, Any]] | None]:
         """The session this connection serves: ``(session, owned, refusal)``.
 
@@ -235,7 +270,7 @@ class EnvServer:
         the error frame to refuse the connection with."""
         if self.manager.shutting_down:
             return None, False, (ErrorCode.SESSION_ERROR, "server is shutting down; reconnect later", {})
-        requested = websocket.query_params.get("session_id")
+        requested = websocket.query_param("session_id")
         if requested:
             session = self.manager.sessions.get(requested)
             if session is None:
@@ -259,7 +294,7 @@ class EnvServer:
         session.attached = True
         return session, True, None
 
-    async def websocket_session(self, websocket: WebSocket) -> None:
+    async def websocket_session(self, websocket: AsgiWebSocket) -> None:
         """Run one ``/ws`` connection: open (or attach to) a session, serve its frames,
         and always close the env when the session ends.
 
@@ -286,8 +321,9 @@ class EnvServer:
             session.on_evict = evict
             if await self._serve_frames(websocket, session):
                 reason = "closed"
-        except (WebSocketDisconnect, OSError):
-            # The peer went away mid-send (uvicorn raises ClientDisconnected, an OSError).
+        except OSError:
+            # The peer went away mid-send (uvicorn raises ClientDisconnected, an OSError;
+            # AsgiWebSocket raises WebSocketGone, a ConnectionError).
             pass
         except Exception as e:  # noqa: BLE001 - the session must end cleanly whatever broke
             logger.exception("session %s failed", session.id if session else "(none)")
@@ -307,19 +343,22 @@ class EnvServer:
                 pass
 
     async def _send_error(
-        self, websocket: WebSocket, code: ErrorCode, message: str, **extra: Any
+        self, websocket: AsgiWebSocket, code: ErrorCode, message: str, **extra: Any
     ) -> None:
         self.stats.count_error(code.value)
         await websocket.send_text(error_frame_text(code, message, **extra))
 
-    async def _serve_frames(self, websocket: WebSocket, session: Session) -> bool:
+    async def _serve_frames(self, websocket: AsgiWebSocket, session: Session) -> bool:
         """Answer frames until the client closes (True) or goes away (False)."""
         receive = websocket.receive
         send = websocket.send
         clock = self.clock
         while True:
             message = await receive()
-            if message["type"] != "websocket.receive" or session.closed:
+            if message["type"] != "websocket.receive":
+                websocket.closed = True  # websocket.disconnect: the peer is gone
+                return False
+            if session.closed:
                 return False
             raw = message.get("text")
             if raw is None:
@@ -333,6 +372,8 @@ class EnvServer:
                 session.last_active = clock()
             if reply is _CLOSE:
                 return True
+            if websocket.closed:  # evicted (reaper, shutdown) while answering
+                return False
             await send({"type": "websocket.send", "text": reply})
 
     async def _answer(self, raw: str | bytes, session: Session) -> Any:
@@ -406,11 +447,11 @@ class EnvServer:
 
     # --- WS /mcp: JSON-RPC only, one session per connection ----------------------------
 
-    async def mcp_websocket(self, websocket: WebSocket) -> None:
+    async def mcp_websocket(self, websocket: AsgiWebSocket) -> None:
         """``WS /mcp``: raw JSON-RPC 2.0 messages against one session's env."""
-        await websocket.accept()
         session: Session | None = None
         try:
+            await websocket.accept()
             try:
                 session = await self.manager.open("ws")
             except CapacityError as e:
@@ -432,7 +473,10 @@ class EnvServer:
             session.on_evict = evict
             while True:
                 message = await websocket.receive()
-                if message["type"] != "websocket.receive" or session.closed:
+                if message["type"] != "websocket.receive":
+                    websocket.closed = True  # the peer is gone
+                    break
+                if session.closed:
                     break
                 raw = message.get("text") or message.get("bytes") or b""
                 try:
@@ -442,7 +486,7 @@ class EnvServer:
                 else:
                     response = await handle_rpc(self, request, session=session)
                 await websocket.send_text(dumps_jsonable(response))
-        except (WebSocketDisconnect, OSError):
+        except OSError:  # the peer went away (see websocket_session)
             pass
         finally:
             if session is not None:

@@ -35,6 +35,13 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
 
     report = json.loads(out.read_text())
     assert report["settings"]["quick"] is True
+    # Each server as its project ships it: ours on uvloop (a dependency of forge-env,
+    # installed here), OpenEnv's on asyncio's loop; both clients on asyncio's loop.
+    assert report["settings"]["server_loops"] == {"ours": "uvloop", "openenv": "asyncio"}
+    assert report["settings"]["server_loop_classes"]["ours"] == "uvloop.Loop"
+    assert report["settings"]["client_loop"] == "asyncio"
+    assert "--loop asyncio" in report["settings"]["server_commands"]["openenv"]
+    assert "event loops: openenv server asyncio, ours server uvloop; clients asyncio" in proc.stdout
     rows = report["rows"]
     assert {(r["server"], r["client"], r["sessions"]) for r in rows} == {(s, c, n) for s, c in PAIRS for n in (1, 16)}
     for r in rows:
@@ -64,3 +71,30 @@ def test_bad_pair_is_rejected_with_the_fix() -> None:
     )
     assert proc.returncode == 2
     assert "must be SERVER/CLIENT" in proc.stderr and "ours/openenv" in proc.stderr
+
+
+def test_server_loops_and_flags_per_settings() -> None:
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        from bench.env_throughput import server_loop, uvicorn_flags
+    finally:
+        sys.path.remove(str(REPO_ROOT))
+    from forge_env.server import UVICORN_WS_SETTINGS
+
+    ours_loop = UVICORN_WS_SETTINGS["loop"]
+    expected = {
+        # (settings, --uvloop): {side: loop}
+        ("shipped", False): {"ours": ours_loop, "openenv": "asyncio"},
+        ("defaults", False): {"ours": "asyncio", "openenv": "asyncio"},
+        ("tuned", False): {"ours": ours_loop, "openenv": ours_loop},
+        ("shipped", True): {"ours": "uvloop", "openenv": "uvloop"},
+        ("tuned", True): {"ours": "uvloop", "openenv": "uvloop"},
+    }
+    for (settings, uvloop), loops in expected.items():
+        for side, loop in loops.items():
+            assert server_loop(side, settings, uvloop=uvloop) == loop, (settings, uvloop, side)
+            flags = uvicorn_flags(side, settings, uvloop=uvloop)
+            # exactly one --loop, always explicit (uvicorn's "auto" would pick uvloop up)
+            assert flags.count("--loop") == 1 and flags[flags.index("--loop") + 1] == loop
+            tuned = settings == "tuned" or (settings == "shipped" and side == "ours")
+            assert ("--ws" in flags) is tuned, (settings, side)

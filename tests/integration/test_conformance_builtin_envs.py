@@ -17,8 +17,9 @@ async def test_builtin_env_passes_every_required_check(name, serve_app):
     assert report.passed, report.format_table()
     assert report.env_name == name
     # Our server serves the stateless routes and claims concurrency: both really checked.
-    for check in ("http_reset", "http_state", "ws_concurrent", "mcp"):
-        assert report.check(check).passed and not report.check(check).skipped, report.format_table()
+    for check in ("http_reset", "http_step", "http_state", "ws_concurrent", "mcp"):
+        result = report.check(check)
+        assert result.passed and not result.skipped and result.status == "PASS", report.format_table()
     assert "isolated" in report.check("ws_concurrent").detail
     assert report.check("ws_close").detail.endswith("(code 1000)")
 

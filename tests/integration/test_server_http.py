@@ -201,3 +201,12 @@ def test_mcp_factory_error(serve_app):
     assert r["error"]["code"] == -32000 and "cannot build" in r["error"]["message"]
     r = httpx.post(u + "/reset", json={})
     assert r.status_code == 500 and "FACTORY_ERROR" in r.json()["detail"]
+
+
+def test_stateless_step_on_an_env_that_needs_reset_says_to_use_the_ws_session(serve_app):
+    from envs.guess_number import GuessNumberEnv
+
+    url = serve_app(create_app(GuessNumberEnv))
+    r = httpx.post(url + "/step", json={"action": {"guess": 3}})
+    assert r.status_code == 409
+    assert "reset() first" in r.json()["detail"] and "/ws" in r.json()["detail"]
