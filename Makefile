@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip
 OPENENV_PIN  := openenv==0.10.0
 OPENENV_DEPS := requests 'fastmcp>=3,<4' tomli tomli-w typer rich openai
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv lint test test-fast demo bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
-## The whole suite, every marker included (openenv, slow, ...).
-test: venv
+## Static checks: pyflakes-level lint and type checks of the SDK, envs and apps.
+lint: venv
+	$(PY) -m ruff check forge_env envs apps bench tests
+	$(PY) -m mypy
+
+## The lint, then the whole suite, every marker included (openenv, slow, ...), and doctests.
+test: venv lint
 	$(PY) -m pytest -ra -q --doctest-modules forge_env envs apps tests
 
 ## Unit tests only: quick feedback while editing.

@@ -1,4 +1,7 @@
-"""Shared test fixtures: run any ASGI app on a real 127.0.0.1 port in a background thread."""
+"""Shared test fixtures: run any ASGI app on a real 127.0.0.1 port in a background thread.
+
+Test modules that need the context manager itself import it: ``from conftest import
+running_server`` (pytest puts this folder on ``sys.path``)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import httpx
 import pytest
 import uvicorn
 
+from forge_env.server import uvicorn_config
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -21,15 +26,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(app: Any, *, health_path: str = "/health", timeout: float = 20.0) -> Iterator[str]:
+def running_server(
+    app: Any, *, health_path: str = "/health", timeout: float = 20.0, **config: Any
+) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free loopback port; yield its base URL.
 
-    A real socket, a real event loop in its own thread: the client under test talks to the
-    server exactly as it would across processes.
+    A real socket, a real event loop in its own thread, and the uvicorn settings forge-env
+    ships (``forge_env.server.uvicorn_config``; ``config`` overrides them): the client under
+    test talks to the server exactly as it would across processes.
     """
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_ping_interval=None)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, port=port, log_level="warning", **config))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from forge_env._exceptions import EpisodeNotStartedError, InvalidActionError
+from forge_env._exceptions import EpisodeNotStartedError
 from forge_env.env import AsyncEnv, EnvMetadata, ResetResult, StepResult, ToolSpec
 
 from envs.countdown.calculator import CalculatorError, evaluate_detailed, format_value

@@ -49,7 +49,7 @@ class CountdownTask:
         """Build from a dict / dataset row with ``numbers``, ``target`` and optional ``solution``."""
         try:
             numbers, target = row["numbers"], row["target"]
-        except KeyError as e:
+        except KeyError:
             raise ValueError(
                 f"a countdown task needs 'numbers' and 'target'; got keys {sorted(row)}"
             ) from None

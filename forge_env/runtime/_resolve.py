@@ -150,7 +150,11 @@ def resolve_app(
     from forge_env.server import create_app
 
     factory = _check_factory(target, origin=repr(spec))
-    if inspect.isclass(factory) and not factory.supports_concurrent_sessions and max_sessions > 1:
+    if (
+        inspect.isclass(factory)
+        and not getattr(factory, "supports_concurrent_sessions", True)
+        and max_sessions > 1
+    ):
         logger.warning(
             "%s declares supports_concurrent_sessions = False: serving it with max_sessions=1 "
             "instead of %d (run more servers, e.g. an EnvPool, for more sessions)",

@@ -81,10 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     logger.info("resolved %r in %.2fs; serving on %s:%d", args.spec,
                 time.monotonic() - started, args.host, args.port)
-    try:
-        from forge_env.server import uvicorn_config
-    except ImportError:  # pragma: no cover - forge_env.server ships with forge_env
-        uvicorn_config = uvicorn.Config
+    from forge_env.server import uvicorn_config
+
     config = uvicorn_config(
         app,
         host=args.host,

@@ -8,18 +8,13 @@ which of uvicorn's WebSocket protocols serves the app, nor on the frame size cla
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import logging
-import socket
-import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -28,6 +23,7 @@ from websockets.frames import Frame, Opcode
 from forge_env import Action, AsyncEnv, Observation, ResetResult, StepResult
 from forge_env.server import UVICORN_WS_SETTINGS, create_app, uvicorn_config
 from forge_env.server._protocol import LeanWebSocketProtocol, text_frame_header
+from conftest import running_server
 
 
 class Say(Action):
@@ -52,36 +48,6 @@ class Parrot(AsyncEnv[Said, Say]):
         return StepResult(Said(text=action.text * action.repeat), 0.5, False, False, {})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(app, health: str = "/health", **config) -> Iterator[str]:
-    """``app`` under uvicorn in a thread with ``uvicorn_config`` + overrides; its base URL."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn_config(app, port=port, log_level="warning", **config))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(url + health, timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def ws_url(url: str, path: str = "/ws") -> str:
     return url.replace("http://", "ws://") + path
 
@@ -94,7 +60,7 @@ if importlib.util.find_spec("wsproto") is not None:  # optional: not a dependenc
 @pytest.mark.parametrize("ws_impl", WS_IMPLS)
 async def test_session_on_every_uvicorn_ws_protocol(ws_impl):
     app = create_app(Parrot, max_sessions=1)
-    with running(app, ws=ws_impl) as url:
+    with running_server(app, ws=ws_impl) as url:
         async with websockets.connect(ws_url(url)) as ws:
             await ws.send(json.dumps({"type": "reset", "data": {}}))
             reset = json.loads(await ws.recv())
@@ -136,7 +102,7 @@ async def test_direct_frames_of_every_size_class_arrive_intact():
     # Observation JSON sizes straddling the 7-bit, 16-bit and 64-bit length encodings;
     # non-ASCII text makes bytes != characters.
     sizes = [0, 50, 100, 110, 126, 65_000, 65_600, 400_000]
-    with running(app) as url:
+    with running_server(app) as url:
         async with websockets.connect(ws_url(url), max_size=2**24) as ws:
             assert ws.protocol.extensions == []  # no deflate: the direct path applies
             await ws.send(json.dumps({"type": "reset", "data": {}}))
@@ -150,7 +116,7 @@ async def test_direct_frames_of_every_size_class_arrive_intact():
 
 async def test_deflate_negotiated_still_uses_the_base_path():
     app = create_app(Parrot)
-    with running(app, ws_per_message_deflate=True) as url:
+    with running_server(app, ws_per_message_deflate=True) as url:
         async with websockets.connect(ws_url(url)) as ws:
             assert ws.protocol.extensions  # permessage-deflate on: frames are compressed
             await ws.send(json.dumps({"type": "reset", "data": {}}))
@@ -191,7 +157,7 @@ def test_direct_path_guard_needs_an_open_plain_connection():
 async def test_mounted_app_serves_ws_under_its_prefix():
     # /ws is matched as Starlette routes match: the path less the mount's root_path.
     outer = Starlette(routes=[Mount("/env", app=create_app(Parrot))])
-    with running(outer, health="/env/health") as url:
+    with running_server(outer, health_path="/env/health") as url:
         async with websockets.connect(ws_url(url, "/env/ws")) as ws:
             await ws.send(json.dumps({"type": "step", "data": {"text": "m"}}))
             assert json.loads(await ws.recv())["data"]["observation"]["text"] == "m"
@@ -218,14 +184,14 @@ def test_served_app_runs_on_uvloop():
         seen.append(cls.__module__)
         return {"loop": cls.__module__}
 
-    with running(app) as url:
+    with running_server(app) as url:
         assert httpx.get(url + "/loop", timeout=5).json() == {"loop": "uvloop"}
     assert seen == ["uvloop"]
 
 
 async def test_peer_vanishing_mid_session_ends_it_quietly(caplog):
     app = create_app(Parrot)
-    with running(app) as url, caplog.at_level(logging.ERROR):
+    with running_server(app) as url, caplog.at_level(logging.ERROR):
         ws = await websockets.connect(ws_url(url))
         await ws.send(json.dumps({"type": "reset", "data": {}}))
         await ws.recv()

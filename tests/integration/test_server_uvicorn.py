@@ -5,20 +5,15 @@ protocol's queue bound must all be answered, in order."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
-import threading
-import time
 
-import httpx
 import pytest
-import uvicorn
 import websockets
 
 from forge_env import Action, AsyncEnv, Observation, ResetResult, StepResult
 from forge_env.server import UVICORN_WS_SETTINGS, create_app, uvicorn_config
 from forge_env.server._protocol import LeanWebSocketProtocol
+from conftest import running_server
 
 
 class Add(Action):
@@ -43,31 +38,6 @@ class Adder(AsyncEnv[Total, Add]):
         return StepResult(Total(total=self.total), 0.0, False, False, {})
 
 
-@contextlib.contextmanager
-def shipped_server(app, **overrides):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, port=port, log_level="warning", **overrides))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_settings_resolve_to_the_lean_protocol():
     cfg = uvicorn_config(create_app(Adder))
     cfg.load()
@@ -78,7 +48,7 @@ def test_settings_resolve_to_the_lean_protocol():
 @pytest.mark.parametrize("max_queue", [32, 1])
 async def test_pipelined_frames_are_all_answered_in_order(max_queue):
     app = create_app(Adder)
-    with shipped_server(app, ws_max_queue=max_queue) as url:
+    with running_server(app, ws_max_queue=max_queue) as url:
         async with websockets.connect(url.replace("http", "ws") + "/ws") as ws:
             # the server offered no permessage-deflate: frames travel uncompressed
             assert ws.protocol.extensions == []
