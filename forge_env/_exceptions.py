@@ -17,7 +17,9 @@
     │       ├── CapacityReachedError      code CAPACITY_REACHED
     │       ├── FactoryError              code FACTORY_ERROR
     │       └── SessionError              code SESSION_ERROR
-    └── RuntimeStartError             an env server could not be started / became unhealthy
+    ├── RuntimeStartError             an env server could not be started / became unhealthy
+    └── EnvSpecError                  an ENV spec names nothing runnable (forge_env.runtime;
+                                      also a ValueError)
 
 Every error carries the context we have (``env_name``, ``session_id``, ``url``) so a log
 line names what failed; messages say what to do about it.
