@@ -397,29 +397,25 @@ class _Validator:
         raise _Fail(f"step should answer an observation, or an error with code "
                     f"VALIDATION_ERROR/EXECUTION_ERROR; got {_short(frame)}")
 
-    async def check_ws_invalid_json(self) -> str:
+    async def _expect_error_then_usable(self, message: Any, code: str, what: str) -> str:
+        """Send a bad frame: the answer must be an error with ``code`` and the session
+        must still answer ``state`` afterwards."""
         session = await self.main_session()
-        frame = await session.request("{this is not json", "invalid JSON")
-        if _error_code(frame) != "INVALID_JSON":
-            raise _Fail(f"invalid JSON should answer an error with code INVALID_JSON, "
-                        f"got {_short(frame)}")
-        after = await session.request({"type": "state"}, "state (after invalid JSON)")
+        frame = await session.request(message, what)
+        if _error_code(frame) != code:
+            raise _Fail(f"{what} should answer an error with code {code}, got {_short(frame)}")
+        after = await session.request({"type": "state"}, f"state (after {what})")
         if after["type"] != "state":
-            raise _Fail(f"the session should still answer after invalid JSON; state got "
-                        f"{_short(after)}")
-        return "INVALID_JSON error, then the session still answered state"
+            raise _Fail(f"the session should still answer after {what}; state got {_short(after)}")
+        return f"{code} error, then the session still answered state"
+
+    async def check_ws_invalid_json(self) -> str:
+        return await self._expect_error_then_usable("{this is not json", "INVALID_JSON", "invalid JSON")
 
     async def check_ws_unknown_type(self) -> str:
-        session = await self.main_session()
-        frame = await session.request({"type": "forge-conformance-unknown"}, "an unknown type")
-        if _error_code(frame) != "UNKNOWN_TYPE":
-            raise _Fail(f"an unknown message type should answer an error with code "
-                        f"UNKNOWN_TYPE, got {_short(frame)}")
-        after = await session.request({"type": "state"}, "state (after unknown type)")
-        if after["type"] != "state":
-            raise _Fail(f"the session should still answer after an unknown type; state got "
-                        f"{_short(after)}")
-        return "UNKNOWN_TYPE error, then the session still answered state"
+        return await self._expect_error_then_usable(
+            {"type": "forge-conformance-unknown"}, "UNKNOWN_TYPE", "an unknown message type"
+        )
 
     async def check_ws_close(self) -> str:
         session = await self.main_session()

@@ -17,44 +17,15 @@ import psutil
 import pytest
 
 from forge_env import RuntimeStartError
+from runtime_test_env import alive, counter_env_source
+
 from forge_env.runtime import EnvRuntime, LocalProcessRuntime, RuntimeState
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-COUNTER_SOURCE = textwrap.dedent(
-    """
-    import os
-    from forge_env import Action, AsyncEnv, Observation, ResetResult, StepResult
-
-    class Inc(Action):
-        by: int = 1
-
-    class Count(Observation):
-        n: int
-        pid: int
-
-    class CounterEnv(AsyncEnv[Count, Inc]):
-        action_type = Inc
-        observation_type = Count
-
-        async def reset(self, *, seed=None, options=None):
-            self.n = seed or 0
-            return ResetResult(Count(n=self.n, pid=os.getpid()), {})
-
-        async def step(self, action):
-            self.n += action.by
-            return StepResult(Count(n=self.n, pid=os.getpid()), float(action.by), self.n >= 10, False, {})
-    """
-)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+COUNTER_SOURCE = counter_env_source(done_at=10)
 
 
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
