@@ -175,6 +175,12 @@ def create_app(
 
     # --- stateless control --------------------------------------------------------
 
+    def execution_failed(error: Exception) -> HTTPException:
+        """The HTTP face of EXECUTION_ERROR, counted like the WebSocket one."""
+        server.stats.count_error("EXECUTION_ERROR")
+        detail = str(error) if isinstance(error, OperationTimeout) else server.describe(error)
+        return HTTPException(status_code=500, detail=f"EXECUTION_ERROR: {detail}")
+
     async def scratch_env() -> Any:
         try:
             return await factory.create()
@@ -197,11 +203,8 @@ def create_app(
             text = await server.reset_text(env, data, frame=False)
         except FrameError as e:
             raise HTTPException(status_code=422, detail=e.errors) from e
-        except OperationTimeout as e:
-            raise HTTPException(status_code=500, detail=f"EXECUTION_ERROR: {e}") from e
         except Exception as e:
-            server.stats.count_error("EXECUTION_ERROR")
-            raise HTTPException(status_code=500, detail=f"EXECUTION_ERROR: {server.describe(e)}") from e
+            raise execution_failed(e) from e
         finally:
             await server.close_scratch_env(env)
         return Response(content=text, media_type="application/json")
@@ -222,9 +225,6 @@ def create_app(
         except InvalidActionError as e:
             server.stats.count_error("VALIDATION_ERROR")
             raise HTTPException(status_code=422, detail=jsonable(e.errors)) from e
-        except OperationTimeout as e:
-            server.stats.count_error("EXECUTION_ERROR")
-            raise HTTPException(status_code=500, detail=f"EXECUTION_ERROR: {e}") from e
         except EpisodeNotStartedError as e:
             # Not a server fault: this env needs reset() first, and HTTP /step is stateless.
             server.stats.count_error("EXECUTION_ERROR")
@@ -235,8 +235,7 @@ def create_app(
                 "here: run episodes over the WebSocket session at /ws (e.g. RemoteEnv)",
             ) from e
         except Exception as e:
-            server.stats.count_error("EXECUTION_ERROR")
-            raise HTTPException(status_code=500, detail=f"EXECUTION_ERROR: {server.describe(e)}") from e
+            raise execution_failed(e) from e
         finally:
             await server.close_scratch_env(env)
         return Response(content=text, media_type="application/json")
@@ -247,7 +246,7 @@ def create_app(
         try:
             return await server.state_data(env, None)
         except Exception as e:
-            raise HTTPException(status_code=500, detail=f"EXECUTION_ERROR: {server.describe(e)}") from e
+            raise execution_failed(e) from e
         finally:
             await server.close_scratch_env(env)
 
