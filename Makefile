@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip
 OPENENV_PIN  := openenv==0.10.0
 OPENENV_DEPS := requests 'fastmcp>=3,<4' tomli tomli-w typer rich openai
 
-.PHONY: venv lint test test-fast demo bench clean
+.PHONY: venv lint test test-fast test-docker docker-engine demo bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,16 @@ lint: venv
 
 ## The lint, then the whole suite, every marker included (openenv, slow, ...), and doctests.
 test: venv lint
+	scripts/install_sandbox_tools.sh $(VENV)
 	$(PY) -m pytest -ra -q --doctest-modules forge_env envs apps tests
+
+## A private Docker engine under .docker/ and the offline base image (cached).
+docker-engine:
+	scripts/docker_engine.sh start && scripts/docker_engine.sh base-image
+
+## The Docker tests alone (they start the engine themselves when none answers).
+test-docker: venv
+	$(PY) -m pytest -q -m docker tests
 
 ## Unit tests only: quick feedback while editing.
 test-fast: venv

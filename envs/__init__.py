@@ -15,7 +15,7 @@ The registry maps a name to ``"module:attribute"`` and imports nothing until ask
 ``forge-env list`` works without gymnasium or datasets installed.
 
 >>> sorted(BUILTIN_ENVS)
-['countdown', 'echo', 'frozen_lake', 'guess_number']
+['countdown', 'echo', 'frozen_lake', 'guess_number', 'python_code']
 >>> env = load_env_factory("guess_number")()
 >>> env.name
 'guess_number'
@@ -38,6 +38,7 @@ BUILTIN_ENVS: dict[str, str] = {
     "guess_number": "envs.guess_number.env:GuessNumberEnv",
     "countdown": "envs.countdown.env:CountdownEnv",
     "frozen_lake": "envs.frozen_lake.env:FrozenLakeEnv",
+    "python_code": "envs.python_code.env:PythonCodeEnv",
 }
 
 # One line per env, kept here (equal to each class's metadata.description, which a test
@@ -47,6 +48,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "guess_number": "Guess a hidden integer in a few turns from higher/lower hints.",
     "countdown": "Reach a target number from given numbers with + - * /, using a calculator tool.",
     "frozen_lake": "gymnasium FrozenLake-v1 (4x4, not slippery) played through text.",
+    "python_code": "Write a Python function; run code in a sandbox; hidden unit tests score the submission.",
 }
 
 

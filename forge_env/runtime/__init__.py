@@ -4,8 +4,9 @@ Three ways to run an environment, one :class:`EnvRuntime` Protocol:
 
 - :class:`InProcessRuntime` — env instances in this process (no server, no sockets);
 - :class:`LocalProcessRuntime` — a uvicorn server in a subprocess on a loopback port;
-- a Docker runtime (container per server) implements the same Protocol; servers
-  reached over the wire share :class:`ServerRuntime` (health wait, RemoteEnv sessions).
+- :class:`DockerRuntime` — a container per server (any OpenEnv image) on a loopback port.
+
+Servers reached over the wire share :class:`ServerRuntime` (health wait, RemoteEnv sessions).
 
 :class:`EnvPool` leases sessions across several runtimes, health-checks them and
 restarts the dead ones. :func:`resolve_env_factory` / :func:`resolve_app` turn an ENV
@@ -16,6 +17,7 @@ spec (built-in name, env folder, ``module:attr``) into an env factory or a serve
 """
 
 from forge_env.runtime._base import BaseRuntime, EnvRuntime, RuntimeState
+from forge_env.runtime._docker import DockerRuntime, reap_orphans
 from forge_env.runtime._inprocess import InProcessRuntime
 from forge_env.runtime._local import LocalProcessRuntime
 from forge_env.runtime._pool import EnvPool
@@ -35,6 +37,8 @@ __all__ = [
     "ServerRuntime",
     "InProcessRuntime",
     "LocalProcessRuntime",
+    "DockerRuntime",
+    "reap_orphans",
     "EnvPool",
     "EnvFactory",
     "EnvSpecError",

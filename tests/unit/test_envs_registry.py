@@ -18,8 +18,8 @@ ENVS_DIR = Path(envs.__file__).parent
 NAMES = sorted(BUILTIN_ENVS)
 
 
-def test_registry_lists_the_four_envs():
-    assert NAMES == ["countdown", "echo", "frozen_lake", "guess_number"]
+def test_registry_lists_the_builtin_envs():
+    assert NAMES == ["countdown", "echo", "frozen_lake", "guess_number", "python_code"]
     assert sorted(describe()) == NAMES
 
 
@@ -38,6 +38,7 @@ async def test_every_env_loads_resets_and_steps(name):
         "guess_number": {"guess": 8},
         "countdown": {"type": "call_tool", "tool_name": "calculator", "arguments": {"expression": "1+1"}},
         "frozen_lake": {"action": "right"},
+        "python_code": {"type": "call_tool", "tool_name": "run_python", "arguments": {"code": "print(1)"}},
     }[name]
     result = await env.step(env.parse_action(example))
     assert isinstance(result.observation, env.observation_type)
@@ -70,7 +71,7 @@ def test_registry_and_light_envs_import_without_gymnasium_or_datasets():
         "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.strip() == "4", done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == str(len(BUILTIN_ENVS)), done.stderr
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,0 +1,1 @@
+"""The OpenEnv-compatible server of the python_code environment."""
