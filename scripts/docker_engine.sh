@@ -25,8 +25,6 @@ START_TIMEOUT="${FORGE_DOCKER_START_TIMEOUT:-60}"
 # A bridge subnet unlikely to clash with the host's networks.
 BIP="${FORGE_DOCKER_BIP:-10.213.0.1/24}"
 export DOCKER_HOST="unix://$SOCK"
-# The legacy builder: it honours `--network host` on dockerd 20.10 and needs no buildx plugin.
-export DOCKER_BUILDKIT=0
 
 say() { echo "[docker_engine] $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -183,49 +181,22 @@ cmd_base_image() {
     say "imported $BASE_IMAGE in $(took "$t")s"
 }
 
-pip_args() {
-    # Index settings the host's pip uses (a mirror, extra index), passed to pip in the build.
-    # file:// indexes and find-links are host paths the build cannot see: left out.
-    local args="" v
-    v=$(pip config get global.index-url 2>/dev/null || true)
-    case "$v" in http*) args+=" --index-url $v" ;; esac
-    for v in $(pip config get global.extra-index-url 2>/dev/null || true); do
-        case "$v" in http*) args+=" --extra-index-url $v" ;; esac
-    done
-    v=$(pip config get global.trusted-host 2>/dev/null || true)
-    [ -n "$v" ] && for h in $v; do args+=" --trusted-host $h"; done
-    [ -n "${PIP_INDEX_URL:-}" ] && args+=" --index-url $PIP_INDEX_URL"
-    echo "${FORGE_PIP_ARGS:-$args}"
+python_bin() {
+    # The checkout's venv (it has the docker SDK), else whatever python3 is on PATH.
+    if [ -x "$ROOT/.venv/bin/python" ]; then echo "$ROOT/.venv/bin/python"; else echo python3; fi
 }
 
 cmd_env_image() {
     local name="${1:-}"
-    [ -n "$name" ] || die "usage: $0 env-image NAME (one of: $(ls "$ROOT/envs" | grep -v '[._]' | tr '\n' ' '))"
-    local dockerfile="$ROOT/envs/$name/Dockerfile"
-    [ -f "$dockerfile" ] || die "no $dockerfile: NAME must be a folder under envs/ with a Dockerfile"
+    [ -n "$name" ] || die "usage: $0 env-image NAME (one of: $(ls "$ROOT/envs" | grep -v -e '^_' -e '\.' | tr '\n' ' '))"
+    [ -f "$ROOT/envs/$name/Dockerfile" ] || die "no $ROOT/envs/$name/Dockerfile: NAME must be a folder under envs/ with a Dockerfile"
     ensure_running
     image_exists "$BASE_IMAGE" || cmd_base_image
-    local tag="forge-env/$name:latest" t; t=$(now)
-    say "building $tag from envs/$name/Dockerfile"
-    # --network host: pip in the build reaches the package index the way the host does
-    # (containers on the bridge have no outbound network here).
-    # A small context with what the Dockerfiles COPY: the repository root also holds .venv
-    # and this engine's own data-root, which must never be sent to the daemon.
-    local ctx; ctx=$(mktemp -d "${TMPDIR:-/tmp}/forge-env-ctx.XXXXXX")
-    trap 'rm -rf "$ctx"' RETURN
-    tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' \
-        -cf - pyproject.toml README.md forge_env envs | tar -C "$ctx" -xf -
-    if ! docker build --network host \
-            -f "$ctx/envs/$name/Dockerfile" \
-            --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-            --build-arg "PIP_ARGS=$(pip_args)" \
-            --label forge-env.env="$name" \
-            -t "$tag" "$ctx" >"$DIR/build-$name.log" 2>&1; then
-        tail -n 30 "$DIR/build-$name.log" >&2
-        die "building $tag failed (full log: $DIR/build-$name.log)"
-    fi
-    say "built $tag in $(took "$t")s"
-    echo "$tag"
+    # The build itself is `forge-env build` (forge_env.runtime.build_env_image): a small
+    # context (pyproject.toml, README.md, forge_env/, envs/), host networking so pip inside
+    # reaches the index like the host does, the host pip's index settings as PIP_ARGS
+    # (FORGE_PIP_ARGS overrides). It prints the tag on stdout, build steps on stderr.
+    (cd "$ROOT" && "$(python_bin)" -m forge_env.cli build "$name" --base-image "$BASE_IMAGE")
 }
 
 case "${1:-}" in

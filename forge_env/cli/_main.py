@@ -30,6 +30,7 @@ examples:
   forge-env serve guess_number --port 8000        # serve one (Ctrl-C stops it)
   forge-env validate http://127.0.0.1:8000        # conformance checks, exit 0 = pass
   forge-env play http://127.0.0.1:8000 --seed 3   # step it yourself from the terminal
+  forge-env build echo && forge-env run echo      # the same env in a Docker container
 
 run `forge-env COMMAND --help` for a command's options."""
 
@@ -48,7 +49,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``forge-env`` argument parser (subcommands ``serve``, ``validate``, ``play``,
-    ``list``).
+    ``build``, ``run``, ``list``).
 
     >>> build_parser().parse_args(["validate", "127.0.0.1:8000", "--json"]).json
     True
@@ -130,6 +131,47 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--timeout", type=float, default=60.0, metavar="S",
                       help="deadline for each server reply")
 
+    build = add(
+        "build",
+        "build an env's Docker image",
+        "Build an env's Docker image (needs a Docker engine: `scripts/docker_engine.sh start`). "
+        "The build context holds this checkout's pyproject.toml, README.md, forge_env/ and "
+        "envs/; an env folder outside envs/ is copied in as envs/<folder name>/, so a "
+        "Dockerfile like envs/echo/Dockerfile works for it. Build steps go to stderr, the "
+        "tag to stdout.",
+        "examples:\n"
+        "  forge-env build guess_number                  # -> forge-env/guess_number:latest\n"
+        "  forge-env build ./my_env --tag me/my_env:0.1  # your env folder with a Dockerfile\n"
+        "  forge-env build echo --base-image python:3.12-slim --no-cache",
+    )
+    build.add_argument("env", metavar="ENV",
+                       help="built-in env name, or a path to an env folder holding a Dockerfile")
+    build.add_argument("--base-image", default=None, metavar="IMG",
+                       help="BASE_IMAGE build arg (default: local/python-base:bookworm if the "
+                            "engine has it, else the Dockerfile's default)")
+    build.add_argument("--tag", default=None, metavar="T",
+                       help="image tag (default: forge-env/<name>:latest)")
+    build.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+
+    run = add(
+        "run",
+        "serve an env image in a container until Ctrl-C",
+        "Run an env image in a locked-down container (no capabilities, read-only root, "
+        "memory/CPU/pid limits) published on 127.0.0.1, print its URL, and remove the "
+        "container on Ctrl-C.",
+        "examples:\n"
+        "  forge-env run guess_number --port 8000        # forge-env/guess_number:latest\n"
+        "  forge-env run ghcr.io/me/my-env:1 --memory 1g --pull if-missing",
+    )
+    run.add_argument("env", metavar="ENV|IMAGE",
+                     help="built-in env name or env folder (its forge-env/<name>:latest image), "
+                          "or any OpenEnv image serving port 8000")
+    run.add_argument("--port", type=int, default=None, help="host port on 127.0.0.1 (default: a free one)")
+    run.add_argument("--memory", default="512m", help="memory limit (docker syntax)")
+    run.add_argument("--cpus", type=float, default=1.0, help="CPU limit")
+    run.add_argument("--pull", default="if-missing", choices=["never", "if-missing", "always"],
+                     help="when to pull the image from a registry")
+
     add(
         "list",
         "list the built-in environments",
@@ -186,6 +228,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from forge_env.cli._play import run_play_command
 
         return run_play_command(args)
+    if args.command == "build":
+        from forge_env.cli._build import run_build
+
+        return run_build(args)
+    if args.command == "run":
+        from forge_env.cli._run import run_run
+
+        return run_run(args)
     if args.command == "list":
         from forge_env.cli._list import run_list
 

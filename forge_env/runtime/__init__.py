@@ -4,7 +4,8 @@ Three ways to run an environment, one :class:`EnvRuntime` Protocol:
 
 - :class:`InProcessRuntime` — env instances in this process (no server, no sockets);
 - :class:`LocalProcessRuntime` — a uvicorn server in a subprocess on a loopback port;
-- :class:`DockerRuntime` — a container per server (any OpenEnv image) on a loopback port.
+- :class:`DockerRuntime` — a container per server (any OpenEnv image) on a loopback port
+  (:func:`build_env_image` builds an env's image).
 
 Servers reached over the wire share :class:`ServerRuntime` (health wait, RemoteEnv sessions).
 
@@ -17,7 +18,14 @@ spec (built-in name, env folder, ``module:attr``) into an env factory or a serve
 """
 
 from forge_env.runtime._base import BaseRuntime, EnvRuntime, RuntimeState
-from forge_env.runtime._docker import DockerRuntime, reap_orphans
+from forge_env.runtime._docker import (
+    DEFAULT_BASE_IMAGE,
+    DockerRuntime,
+    ImageBuildError,
+    build_env_image,
+    env_image_tag,
+    reap_orphans,
+)
 from forge_env.runtime._inprocess import InProcessRuntime
 from forge_env.runtime._local import LocalProcessRuntime
 from forge_env.runtime._pool import EnvPool
@@ -39,6 +47,10 @@ __all__ = [
     "LocalProcessRuntime",
     "DockerRuntime",
     "reap_orphans",
+    "build_env_image",
+    "env_image_tag",
+    "ImageBuildError",
+    "DEFAULT_BASE_IMAGE",
     "EnvPool",
     "EnvFactory",
     "EnvSpecError",

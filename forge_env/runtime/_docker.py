@@ -14,7 +14,8 @@ import re
 import socket
 import time
 import weakref
-from collections.abc import Mapping
+from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from forge_env._exceptions import RuntimeStartError
@@ -24,7 +25,20 @@ from forge_env.runtime._server_runtime import ServerRuntime
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["DockerRuntime", "reap_orphans", "MANAGED_LABEL", "OWNER_PID_LABEL", "OWNER_HOST_LABEL"]
+__all__ = [
+    "DockerRuntime",
+    "reap_orphans",
+    "build_env_image",
+    "env_image_tag",
+    "resolve_env_dockerfile",
+    "source_root",
+    "ImageBuildError",
+    "DEFAULT_BASE_IMAGE",
+    "MANAGED_LABEL",
+    "OWNER_PID_LABEL",
+    "OWNER_HOST_LABEL",
+    "ENV_LABEL",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +85,8 @@ def _build_hint(image: str) -> str:
     m = re.fullmatch(r"(?:[\w.-]+/)?forge-env[/-]([\w-]+)(?::[\w.-]+)?", image)
     name = m.group(1).replace("-", "_") if m else "NAME"
     return (
-        f"build it first: `scripts/docker_engine.sh env-image {name}` (tags forge-env/{name}:latest), "
+        f"build it first: `forge-env build {name}` or `scripts/docker_engine.sh env-image {name}` "
+        f"(tags forge-env/{name}:latest), "
         f"or `docker build -f envs/{name}/Dockerfile -t {image} .` from the repository root"
     )
 
@@ -443,3 +458,254 @@ class DockerRuntime(ServerRuntime):
 
     async def _stop(self) -> None:
         await self._discard_container()
+
+
+# --- building env images ------------------------------------------------------------------
+
+DEFAULT_BASE_IMAGE = "local/python-base:bookworm"
+"""The offline base image ``scripts/docker_engine.sh base-image`` builds; used when present."""
+ENV_LABEL = "forge-env.env"
+"""Label on images :func:`build_env_image` builds: the env's name."""
+
+_BUILD_LOG_TAIL = 30
+# What our env Dockerfiles COPY: the build context holds exactly these (never .venv, .git or
+# the engine's own data-root under .docker/, which live beside them in a checkout).
+_CONTEXT_ITEMS = ("pyproject.toml", "README.md", "forge_env", "envs")
+_SKIP_NAMES = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ImageBuildError(RuntimeStartError):
+    """Building an env image failed; ``log_tail`` holds the last lines of the build log."""
+
+    def __init__(self, message: str, log_tail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.log_tail = list(log_tail or [])
+
+
+def source_root() -> Path:
+    """The forge-env source checkout (holding pyproject.toml, forge_env/, envs/).
+
+    Image builds need it: our env Dockerfiles ``pip install .`` from it.
+
+    >>> (source_root() / "pyproject.toml").is_file()
+    True
+    """
+    import forge_env
+
+    root = Path(forge_env.__file__).resolve().parents[1]
+    missing = [item for item in _CONTEXT_ITEMS if not (root / item).exists()]
+    if missing:
+        raise ImageBuildError(
+            f"building env images needs a forge-env source checkout, but {root} lacks "
+            f"{', '.join(missing)}: run forge-env from a clone (pip install -e .)"
+        )
+    return root
+
+
+def env_image_tag(name: str) -> str:
+    """The default tag of an env's image.
+
+    >>> env_image_tag("guess_number")
+    'forge-env/guess_number:latest'
+    """
+    return f"forge-env/{name.lower()}:latest"
+
+
+def resolve_env_dockerfile(spec: str) -> tuple[str, Path]:
+    """Turn ENV (a built-in env name or a path to a folder holding a Dockerfile) into
+    ``(name, folder)``.
+
+    >>> name, folder = resolve_env_dockerfile("echo")
+    >>> name, folder.name, (folder / "Dockerfile").is_file()
+    ('echo', 'echo', True)
+
+    Raises:
+        ImageBuildError: no such built-in env, or the folder has no Dockerfile.
+    """
+    root = source_root()
+    looks_like_path = os.sep in spec or "/" in spec or spec.startswith(".") or Path(spec).is_dir()
+    if not looks_like_path:
+        folder = root / "envs" / spec
+        if _ENV_NAME.fullmatch(spec) and (folder / "Dockerfile").is_file():
+            return spec, folder
+        known = sorted(p.parent.name for p in (root / "envs").glob("*/Dockerfile"))
+        raise ImageBuildError(
+            f"no built-in env {spec!r} with a Dockerfile (built-in: {', '.join(known) or 'none'}); "
+            "or pass a path to an env folder holding a Dockerfile, e.g. ./my_env"
+        )
+    folder = Path(spec).expanduser().resolve()
+    if not folder.is_dir():
+        raise ImageBuildError(f"env folder {spec!r} does not exist: pass a folder holding a Dockerfile")
+    if not (folder / "Dockerfile").is_file():
+        raise ImageBuildError(
+            f"{spec!r} has no Dockerfile: add one (envs/echo/Dockerfile is a template)"
+        )
+    if not _ENV_NAME.fullmatch(folder.name):
+        raise ImageBuildError(
+            f"env folder name {folder.name!r} is not a Python identifier (it becomes the "
+            "package envs.<name> in the image): rename it, e.g. my_env"
+        )
+    return folder.name, folder
+
+
+def _pip_args() -> str:
+    """The host pip's index settings, for pip inside the build (``FORGE_PIP_ARGS`` overrides).
+
+    file:// indexes are host paths the build cannot see: left out.
+    """
+    if "FORGE_PIP_ARGS" in os.environ:
+        return os.environ["FORGE_PIP_ARGS"]
+    import subprocess
+    import sys
+
+    def config(key: str) -> list[str]:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "config", "get", key],
+                capture_output=True, text=True, timeout=20,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return []
+        return done.stdout.split() if done.returncode == 0 else []
+
+    args: list[str] = []
+    args += [f"--index-url {v}" for v in config("global.index-url") if v.startswith("http")]
+    args += [f"--extra-index-url {v}" for v in config("global.extra-index-url") if v.startswith("http")]
+    args += [f"--trusted-host {v}" for v in config("global.trusted-host")]
+    if os.environ.get("PIP_INDEX_URL", "").startswith("http"):
+        args.append(f"--index-url {os.environ['PIP_INDEX_URL']}")
+    return " ".join(args)
+
+
+def _build_context(root: Path, name: str, folder: Path) -> Any:
+    """A tar of the forge-env sources, with ``folder`` at ``envs/<name>/`` (a spooled file)."""
+    import tarfile
+    import tempfile
+
+    def skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        base = info.name.rsplit("/", 1)[-1]
+        if base in _SKIP_NAMES or base.endswith(_SKIP_SUFFIXES) or base.endswith(".egg-info"):
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        return info
+
+    inside = folder == root / "envs" / name
+    fileobj = tempfile.SpooledTemporaryFile(max_size=32 * 2**20)
+    with tarfile.open(fileobj=fileobj, mode="w") as tar:
+        for item in _CONTEXT_ITEMS:
+            if item != "envs" or inside:
+                tar.add(root / item, arcname=item, filter=skip)
+                continue
+            # A user's env outside the checkout: our envs/ package, the user's folder as
+            # envs/<name>/ (replacing a built-in of that name), so Dockerfiles like ours work.
+            def skip_shadowed(info: tarfile.TarInfo, _name: str = name) -> tarfile.TarInfo | None:
+                if info.name == f"envs/{_name}" or info.name.startswith(f"envs/{_name}/"):
+                    return None
+                return skip(info)
+
+            tar.add(root / "envs", arcname="envs", filter=skip_shadowed)
+            tar.add(folder, arcname=f"envs/{name}", filter=skip)
+    fileobj.seek(0)
+    return fileobj
+
+
+def build_env_image(
+    spec: str,
+    *,
+    base_image: str | None = None,
+    tag: str | None = None,
+    docker_host: str | None = None,
+    no_cache: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> str:
+    """Build an env's Docker image and return its tag.
+
+    ENV is a built-in env name (``guess_number``) or a path to an env folder holding a
+    Dockerfile. The build context holds ``pyproject.toml``, ``README.md``, ``forge_env/``
+    and ``envs/`` of this checkout; a folder outside ``envs/`` is copied in as
+    ``envs/<folder name>/``, so a Dockerfile written like ``envs/echo/Dockerfile``
+    (``COPY envs ./envs``, ``CMD python3 -m envs.<name>.server.app``) works for it too.
+    The build runs with host networking (pip inside reaches the index the way the host does)
+    and gets the host pip's index settings as ``PIP_ARGS``.
+
+    >>> tag = build_env_image("echo", progress=print)  # doctest: +SKIP
+    Step 1/12 : ARG BASE_IMAGE=python:3.11-slim
+    ...
+    >>> tag  # doctest: +SKIP
+    'forge-env/echo:latest'
+
+    Args:
+        spec: built-in env name or env folder path.
+        base_image: the ``BASE_IMAGE`` build arg; default :data:`DEFAULT_BASE_IMAGE` when the
+            engine has it, else the Dockerfile's own default (``python:3.11-slim``).
+        tag: the image tag; default ``forge-env/<name>:latest``.
+        docker_host: the engine (``unix:///path/docker.sock``); default: ``DOCKER_HOST``.
+        no_cache: rebuild every layer.
+        progress: called with each build step line (``Step 3/12 : COPY ...``).
+
+    Raises:
+        ImageBuildError: unknown env, no Dockerfile, or the build failed (``log_tail``).
+        RuntimeStartError: no Docker engine answers.
+    """
+    sdk = _docker_sdk()
+    name, folder = resolve_env_dockerfile(spec)
+    root = source_root()
+    tag = tag or env_image_tag(name)
+    client = _connect(docker_host)
+    try:
+        buildargs = {"PIP_ARGS": _pip_args()}
+        if base_image is None:
+            try:
+                client.images.get(DEFAULT_BASE_IMAGE)
+                base_image = DEFAULT_BASE_IMAGE
+            except sdk.errors.ImageNotFound:
+                pass  # the Dockerfile's default base (pulled from a registry)
+        if base_image:
+            buildargs["BASE_IMAGE"] = base_image
+        log: list[str] = []
+        error: str | None = None
+        with _build_context(root, name, folder) as context:
+            stream = client.api.build(
+                fileobj=context,
+                custom_context=True,
+                dockerfile=f"envs/{name}/Dockerfile",
+                tag=tag,
+                buildargs=buildargs,
+                labels={ENV_LABEL: name},
+                network_mode="host",
+                nocache=no_cache,
+                rm=True,
+                forcerm=True,
+                decode=True,
+            )
+            try:
+                for chunk in stream:
+                    if "error" in chunk:
+                        error = str(chunk.get("error") or chunk.get("errorDetail", {}).get("message"))
+                        log.extend(error.splitlines())
+                        continue
+                    text = chunk.get("stream") or chunk.get("status") or ""
+                    for line in text.splitlines():
+                        if line.strip():
+                            log.append(line)
+                            if progress is not None and line.startswith("Step "):
+                                progress(line)
+            except sdk.errors.APIError as e:
+                error = str(getattr(e, "explanation", None) or e)
+        if error is None:
+            try:
+                client.images.get(tag)
+            except sdk.errors.ImageNotFound:
+                error = "the engine reported no error but the image is missing"
+        if error is not None:
+            first = error.strip().splitlines()[0] if error.strip() else "unknown error"
+            raise ImageBuildError(
+                f"building {tag} from {folder / 'Dockerfile'} failed: {first}",
+                log_tail=log[-_BUILD_LOG_TAIL:],
+            )
+        return tag
+    finally:
+        client.close()
