@@ -631,11 +631,10 @@ def build_env_image(
     The build runs with host networking (pip inside reaches the index the way the host does)
     and gets the host pip's index settings as ``PIP_ARGS``.
 
-    >>> tag = build_env_image("echo", progress=print)  # doctest: +SKIP
-    Step 1/12 : ARG BASE_IMAGE=python:3.11-slim
-    ...
-    >>> tag  # doctest: +SKIP
-    'forge-env/echo:latest'
+    Needs a running engine, so not a doctest::
+
+        tag = build_env_image("echo", progress=print)   # Step 1/12 : ARG BASE_IMAGE=...
+        tag                                             # 'forge-env/echo:latest'
 
     Args:
         spec: built-in env name or env folder path.
