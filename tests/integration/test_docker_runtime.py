@@ -37,7 +37,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "docker_engine.sh"
 BASE_IMAGE = "local/python-base:bookworm"
-ENV_IMAGES = {"guess_number": "forge-env/guess_number:latest", "echo": "forge-env/echo:latest"}
+# Every built-in env: each image builds from its Dockerfile and runs episodes.
+ENV_IMAGES = {
+    name: f"forge-env/{name}:latest"
+    for name in ("guess_number", "echo", "countdown", "frozen_lake", "python_code")
+}
 SLEEPER_IMAGE = "forge-env-test/sleeper:latest"
 MANAGED = {"label": f"{MANAGED_LABEL}=1"}
 
@@ -122,6 +126,42 @@ async def _play_guess_number(env) -> tuple[float, int]:
     raise AssertionError("binary search over 1..16 must finish within 6 turns")
 
 
+async def _play_one_episode(name: str, env) -> None:
+    """One episode of built-in env ``name`` with a policy that knows the answer."""
+    if name == "guess_number":
+        reward, turns = await _play_guess_number(env)
+        assert reward == 1.0 and 1 <= turns <= 5
+    elif name == "echo":
+        await env.reset(seed=1)
+        obs, reward, *_ = await env.step({"message": "hello"})
+        assert "hello" in obs.model_dump_json() and reward == pytest.approx(0.5)
+    elif name == "countdown":
+        obs, _ = await env.reset(seed=3)
+        obs, reward, terminated, *_ = await env.step(
+            {"type": "call_tool", "tool_name": "calculator", "arguments": {"expression": "2*(3+4)"}}
+        )
+        assert obs.result in (14, "14") and not terminated
+    elif name == "frozen_lake":
+        await env.reset(seed=0)
+        reward = 0.0
+        for move in ("right", "right", "down", "down", "down", "right"):  # the 4x4 map's safe path
+            obs, reward, terminated, *_ = await env.step({"action": move})
+        assert reward == 1.0 and terminated
+    elif name == "python_code":
+        from envs.python_code import TASKS
+
+        obs, _ = await env.reset(options={"index": 0})
+        # model-written code runs in the container's sandbox: an endless loop is stopped...
+        obs, *_ = await env.step({"type": "call_tool", "tool_name": "run_python",
+                                  "arguments": {"code": "while True:\n    pass"}})
+        assert obs.limit_hit in ("cpu", "wall"), obs.text
+        # ...and the env keeps serving: the reference solution solves the task
+        obs, reward, terminated, _, info = await env.step({"type": "submit", "code": TASKS[0].solution})
+        assert reward == 1.0 and terminated and info["solved"] is True
+    else:  # pragma: no cover - a new built-in env needs a case here
+        raise AssertionError(f"no episode written for {name}")
+
+
 async def test_env_images_run_episodes_in_locked_down_containers(engine):
     for name, image in ENV_IMAGES.items():
         runtime = DockerRuntime(image, startup_timeout=60)
@@ -142,13 +182,7 @@ async def test_env_images_run_episodes_in_locked_down_containers(engine):
             assert attrs["Config"]["Labels"][OWNER_PID_LABEL] == str(os.getpid())
             for _ in range(3):
                 async with await runtime.session() as env:
-                    if name == "guess_number":
-                        reward, turns = await _play_guess_number(env)
-                        assert reward == 1.0 and 1 <= turns <= 5
-                    else:
-                        await env.reset(seed=1)
-                        obs, reward, *_ = await env.step({"message": "hello"})
-                        assert "hello" in obs.model_dump_json() and reward == pytest.approx(0.5)
+                    await _play_one_episode(name, env)
             container_id = runtime.container_id
         print(f"{image}: healthy after {start_s:.2f}s", file=sys.stderr)
         assert start_s < 30
