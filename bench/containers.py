@@ -175,16 +175,6 @@ def _managed_containers() -> list[str]:
         client.close()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --- the runtimes ----------------------------------------------------------------------------
 
 
@@ -458,8 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = asyncio.run(run_all(args))
     finally:
         # Whatever happened, nothing of ours may stay running.
+        from forge_env.runtime._proctree import pid_alive
+
         leftovers = {"containers": _managed_containers(),
-                     "processes": [p for p in report.get("_server_pids", []) if _pid_alive(p)]}
+                     "processes": [p for p in report.get("_server_pids", []) if pid_alive(p)]}
         if started_here:
             _script("stop", timeout=120)
     report.pop("_server_pids", None)

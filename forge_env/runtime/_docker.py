@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from forge_env._exceptions import RuntimeStartError
 from forge_env.env import Action, Observation
+from forge_env.runtime._proctree import pid_alive
 from forge_env.runtime._server_runtime import ServerRuntime
 
 if TYPE_CHECKING:
@@ -69,16 +70,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _build_hint(image: str) -> str:
@@ -131,7 +122,7 @@ def reap_orphans(client: "docker.DockerClient") -> list[str]:
             pid = int(labels.get(OWNER_PID_LABEL, ""))
         except ValueError:
             continue
-        if labels.get(OWNER_HOST_LABEL, host) != host or _pid_alive(pid):
+        if labels.get(OWNER_HOST_LABEL, host) != host or pid_alive(pid):
             continue
         try:
             container.remove(force=True)
