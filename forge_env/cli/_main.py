@@ -31,6 +31,7 @@ examples:
   forge-env validate http://127.0.0.1:8000        # conformance checks, exit 0 = pass
   forge-env play http://127.0.0.1:8000 --seed 3   # step it yourself from the terminal
   forge-env build echo && forge-env run echo      # the same env in a Docker container
+  forge-env rollout guess_number --episodes 4     # a model-backed agent plays it
 
 run `forge-env COMMAND --help` for a command's options."""
 
@@ -49,7 +50,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``forge-env`` argument parser (subcommands ``serve``, ``validate``, ``play``,
-    ``build``, ``run``, ``list``).
+    ``build``, ``run``, ``rollout``, ``list``).
 
     >>> build_parser().parse_args(["validate", "127.0.0.1:8000", "--json"]).json
     True
@@ -172,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pull", default="if-missing", choices=["never", "if-missing", "always"],
                      help="when to pull the image from a registry")
 
+    rollout = add(
+        "rollout",
+        "watch a model-backed agent play episodes",
+        "Play episodes of an environment with a language-model agent (vLLM, or plain torch "
+        "without it) and print each transcript and a summary: success rate, mean turns, "
+        "tokens/s. The trajectories keep the generator's exact token ids and logprobs.",
+        "examples:\n"
+        "  forge-env rollout guess_number --episodes 8           # the tiny local model\n"
+        "  forge-env rollout countdown --model smollm2-135m      # a real pretrained model\n"
+        "  forge-env rollout http://127.0.0.1:8000 --out runs/t.jsonl",
+    )
+    from forge_env.cli._rollout import add_rollout_arguments
+
+    add_rollout_arguments(rollout)
+
     add(
         "list",
         "list the built-in environments",
@@ -236,6 +252,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from forge_env.cli._run import run_run
 
         return run_run(args)
+    if args.command == "rollout":
+        from forge_env.cli._rollout import run_rollout
+
+        return run_rollout(args)
     if args.command == "list":
         from forge_env.cli._list import run_list
 
