@@ -1,11 +1,15 @@
-"""The GRPO learner's pure parts: policy losses and group-relative advantages.
+"""The GRPO learner: torchtitan's models trained with GRPO-family losses, and its pure parts.
 
+- :class:`Learner` with :class:`LearnerConfig`: builds torchtitan's Qwen3/Llama3 decoder from an
+  HF folder, trains it (micro-batches, clipping, LR schedule, FSDP2 across ranks), exports
+  HF-named weights for the generator and HF folders; :class:`TitanModel` is the HF <->
+  torchtitan bridge underneath (``from_hf`` / ``to_hf``), :func:`read_hf_shape` its config reader.
 - :func:`policy_loss` with :class:`LossConfig`: GRPO, DAPO, Dr.GRPO, GSPO, optional k3 KL to a
   reference; :func:`loss_normalizer` for data-parallel-correct normalisation.
 - :func:`group_advantages` with :class:`AdvantageConfig`: per-token advantages of a
   :class:`~forge_env.rollout.TrajectoryGroup`, per episode or per turn; :func:`is_degenerate`.
 
-The advantage functions are pure Python; the losses (and torch) load on first use, so
+The advantage functions are pure Python; the losses, the learner (and torch) load on first use, so
 ``forge_env.buffer`` can use :func:`is_degenerate` without torch.
 
 >>> from forge_env.learner import AdvantageConfig
@@ -23,20 +27,29 @@ __all__ = [
     "AdvantageConfig",
     "AdvantageMode",
     "Aggregation",
+    "HFShape",
+    "Learner",
+    "LearnerConfig",
     "LossConfig",
     "LossKind",
+    "TitanModel",
     "group_advantages",
     "is_degenerate",
     "loss_normalizer",
     "policy_loss",
+    "read_hf_shape",
 ]
 
 # Names whose module imports torch: loaded on first access.
 _LAZY = {name: "forge_env.learner._losses" for name in ("Aggregation", "LossConfig", "LossKind",
                                                          "loss_normalizer", "policy_loss")}
+_LAZY.update({name: "forge_env.learner._learner" for name in ("Learner", "LearnerConfig")})
+_LAZY.update({name: "forge_env.learner._model" for name in ("HFShape", "TitanModel", "read_hf_shape")})
 
 if TYPE_CHECKING:  # pragma: no cover
+    from forge_env.learner._learner import Learner, LearnerConfig
     from forge_env.learner._losses import Aggregation, LossConfig, LossKind, loss_normalizer, policy_loss
+    from forge_env.learner._model import HFShape, TitanModel, read_hf_shape
 
 
 def __getattr__(name: str) -> Any:
