@@ -22,13 +22,13 @@ import torch
 from forge_env.generator._base import (
     Completion,
     FinishReason,
-    Generator,
     GeneratorError,
     InFlightPolicy,
     SamplingParams,
 )
 from forge_env.generator._config import TorchGeneratorConfig
-from forge_env.generator._folder import check_prompt, collect_weights, read_model_folder
+from forge_env.generator._folder import check_prompt, collect_weights
+from forge_env.generator._stamped import FolderGenerator
 
 __all__ = ["TorchGenerator"]
 
@@ -57,7 +57,7 @@ class _Row:
     finish_reason: FinishReason | None = None
 
 
-class TorchGenerator(Generator):
+class TorchGenerator(FolderGenerator):
     """Samples with ``transformers.AutoModelForCausalLM`` and its own batched decode loop.
 
     The same contract as :class:`~forge_env.generator.VLLMGenerator`: exact token ids, the
@@ -81,16 +81,16 @@ class TorchGenerator(Generator):
         GeneratorError: ``config.model`` is not a model folder.
     """
 
+    _COUNTERS = (*FolderGenerator._COUNTERS, "batches")
+
     def __init__(self, config: TorchGeneratorConfig) -> None:
         self.config = config
-        self._folder = read_model_folder(config.model, who="TorchGeneratorConfig")
+        self._init_folder(config.model, who="TorchGeneratorConfig")
         self._model: Any = None
         self._device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._dtype = getattr(torch, config.dtype, None)
         if not isinstance(self._dtype, torch.dtype):
             raise GeneratorError(f"TorchGeneratorConfig.dtype {config.dtype!r} is not a torch dtype name")
-        self._version = 0
-        self._closed = False
         self._pending: collections.deque[_Request] = collections.deque()
         self._wakeup = asyncio.Event()
         # Held by the batcher while a batch runs and by update_weights while weights load:
@@ -101,34 +101,8 @@ class TorchGenerator(Generator):
         self._abort_batch = threading.Event()
         self._batcher: asyncio.Task[None] | None = None
         self._rng = torch.Generator().manual_seed(config.seed)
-        self._counters = {"requests": 0, "tokens": 0, "updates": 0, "resampled": 0, "aborted": 0, "batches": 0}
-        self._last_update_s = 0.0
-        self._last_blocked_s = 0.0
-        self._start_s = 0.0
 
     # --- contract --------------------------------------------------------------------------
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def max_model_len(self) -> int:
-        return self.config.max_model_len
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        return self._folder.eos_token_ids
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The counters of :attr:`VLLMGenerator.metrics`, plus ``generator/batches``."""
-        out: dict[str, float] = {f"generator/{k}": v for k, v in self._counters.items()}
-        out["generator/update_s"] = self._last_update_s
-        out["generator/update_blocked_s"] = self._last_blocked_s
-        out["generator/version"] = self._version
-        out["generator/start_s"] = self._start_s
-        return out
 
     async def start(self) -> None:
         """Load the model (in a worker thread) and start the batcher. Idempotent."""

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 from forge_env.generator._base import (
     Completion,
     FinishReason,
-    Generator,
     GeneratorError,
     InFlightPolicy,
     SamplingParams,
 )
 from forge_env.generator._config import VLLMGeneratorConfig
-from forge_env.generator._folder import check_prompt, collect_weights, read_model_folder
+from forge_env.generator._folder import check_prompt, collect_weights
+from forge_env.generator._stamped import FolderGenerator
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -48,7 +48,7 @@ _WEIGHTS_FILE = "model.safetensors"
 _WORKER_EXTENSION = "forge_env.generator._vllm_worker.ForgeWorkerExtension"
 
 
-class VLLMGenerator(Generator):
+class VLLMGenerator(FolderGenerator):
     """Samples on vLLM's ``AsyncLLM``; :meth:`update_weights` swaps weights without a restart.
 
     Concurrent :meth:`generate` calls are batched by vLLM (continuous batching). Every
@@ -80,14 +80,12 @@ class VLLMGenerator(Generator):
 
     def __init__(self, config: VLLMGeneratorConfig) -> None:
         self.config = config
-        self._folder = read_model_folder(config.model, who="VLLMGeneratorConfig")
+        self._init_folder(config.model, who="VLLMGeneratorConfig")
         self._engine: Any = None
         self._vllm: Any = None  # the imported vllm names this generator uses
         self._weights_dir: str | None = None
         self._reload_method = "forge_reload_weights"
         self._finalizer: weakref.finalize | None = None
-        self._closed = False
-        self._version = 0
         self._ids = itertools.count()
         self._start_lock = asyncio.Lock()
         self._update_lock = asyncio.Lock()
@@ -100,39 +98,8 @@ class VLLMGenerator(Generator):
         self._idle.set()
         self._running: dict[str, bool] = {}  # request id -> already added to the engine
         self._preempted: set[str] = set()
-        self._counters = {"requests": 0, "tokens": 0, "updates": 0, "resampled": 0, "aborted": 0}
-        self._last_update_s = 0.0
-        self._last_blocked_s = 0.0
-        self._start_s = 0.0
 
     # --- contract --------------------------------------------------------------------------
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def max_model_len(self) -> int:
-        return self.config.max_model_len
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        return self._folder.eos_token_ids
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """``generator/requests`` (completions returned), ``generator/tokens`` (sampled
-        tokens returned), ``generator/updates``, ``generator/update_s`` (the last update's
-        wall time), ``generator/update_blocked_s`` (how long it held new requests back:
-        in-flight requests draining or aborting, reload, resume), ``generator/resampled`` (requests sampled again after an ``abort``
-        update), ``generator/aborted`` (completions returned with ``finish_reason="abort"``),
-        ``generator/version`` and ``generator/start_s`` (engine start time)."""
-        out: dict[str, float] = {f"generator/{k}": v for k, v in self._counters.items()}
-        out["generator/update_s"] = self._last_update_s
-        out["generator/update_blocked_s"] = self._last_blocked_s
-        out["generator/version"] = self._version
-        out["generator/start_s"] = self._start_s
-        return out
 
     async def start(self) -> None:
         """Start the engine (a vLLM child process; ~10-20 s on a small CPU). Idempotent."""
