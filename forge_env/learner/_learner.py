@@ -244,7 +244,7 @@ class Learner:
 
     @property
     def step(self) -> int:
-        """``train_step`` calls so far."""
+        """``train_step`` and ``sft_step`` calls so far."""
         return self._step
 
     @property
@@ -368,6 +368,87 @@ class Learner:
             "learner/skipped": float(skipped),
             "learner/step_seconds": seconds,
             "learner/tokens_per_second": float(sums[9]) / seconds if seconds > 0 else 0.0,
+        }
+
+    def sft_step(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+        """One supervised optimizer step: mean negative log-likelihood of the loss-mask tokens.
+
+        The loss is a token mean over the whole step (every micro-batch, every rank): the
+        masked token count is summed first and each micro-batch's summed NLL is divided by
+        it, so micro-batching and data parallelism give the update of one big batch. Same
+        gradient clipping, AdamW and LR schedule as :meth:`train_step`, and, like it, a step
+        with a non-finite gradient norm is skipped. ``logprobs`` of the trajectories are
+        ignored (demonstrations carry none); logits are divided by ``config.temperature``
+        as in :meth:`train_step`, so keep it 1.0 for plain maximum likelihood.
+
+        Both :attr:`step` and :attr:`version` advance (the version counts optimizer updates,
+        whatever their loss: a generator stamped with it must see that the weights moved).
+
+        Example::
+
+            metrics = learner.sft_step(demos)        # demos: Trajectory with loss_mask on replies
+            metrics["loss/nll"], metrics["learner/tokens_per_second"]
+
+        Returns:
+            ``loss/nll`` (mean over loss tokens), ``loss/tokens`` and the ``learner/*`` metrics
+            of :meth:`train_step`.
+        """
+        started = time.perf_counter()
+        if not trajectories and self._world == 1:
+            raise ValueError("sft_step needs at least one trajectory")
+        rows = self._rows(trajectories, [0.0] * len(trajectories), None)
+        micro = [self._collate([rows[i] for i in idx]) for idx in self._plan([len(r.tokens) for r in rows])]
+        micro += [self._dummy(with_ref=False)] * (self._agree_max(len(micro)) - len(micro))
+
+        tokens_total = torch.zeros((), dtype=torch.float32)
+        for mb in micro:
+            tokens_total += mb.mask.sum().cpu()
+        normalizer = self._all_reduce(tokens_total.to(self.device)).clamp(min=1.0)
+
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.lr
+        # [nll sum, tokens, sequences, padded], accumulated on the device.
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        for mb in micro:
+            logprobs = self._token_logprobs(mb.tokens, self.config.temperature)
+            nll = -(logprobs * mb.mask).sum()
+            (nll / normalizer).backward()
+            padded = mb.tokens.numel() if mb.sequences else 0
+            sums += torch.stack([
+                nll.detach().double(), mb.mask.sum().double(),
+                torch.tensor(float(mb.sequences), dtype=torch.float64, device=self.device),
+                torch.tensor(float(padded), dtype=torch.float64, device=self.device),
+            ])
+
+        grad_norm = self._clip_gradients()
+        skipped = not math.isfinite(grad_norm)
+        if skipped:
+            logger.warning("learner sft step %d: gradient norm is %s; skipping the optimizer update",
+                           self._step, grad_norm)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self._version += 1
+        self.scheduler.step()
+        self._step += 1
+
+        sums = self._all_reduce(sums).cpu()
+        tokens = float(sums[1])
+        seconds = time.perf_counter() - started
+        return {
+            "loss/nll": float(sums[0]) / max(tokens, 1.0),
+            "loss/tokens": tokens,
+            "learner/grad_norm": grad_norm,
+            "learner/lr": lr,
+            "learner/step": float(self._step),
+            "learner/version": float(self._version),
+            "learner/sequences": float(sums[2]),
+            "learner/micro_batches": float(len(micro)),
+            "learner/padded_tokens": float(sums[3]),
+            "learner/skipped": float(skipped),
+            "learner/step_seconds": seconds,
+            "learner/tokens_per_second": float(sums[3]) / seconds if seconds > 0 else 0.0,
         }
 
     @torch.no_grad()
