@@ -331,17 +331,7 @@ class Learner:
             ]).double(), counts.double()])
             ratio_max = torch.maximum(ratio_max, m["loss/ratio_max"].double())
 
-        grad_norm = self._clip_gradients()
-        skipped = not math.isfinite(grad_norm)
-        if skipped:
-            logger.warning("learner step %d: gradient norm is %s; skipping the optimizer update", self._step,
-                           grad_norm)
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
-            self._version += 1
-        self.scheduler.step()
-        self._step += 1
+        grad_norm, skipped = self._apply_update("learner step")
 
         sums = self._all_reduce(sums).cpu()
         ratio_max = self._all_reduce(ratio_max, op=dist.ReduceOp.MAX).cpu()
@@ -358,16 +348,40 @@ class Learner:
             "loss/ratio_max": float(ratio_max),
             "loss/approx_kl": float(sums[6]) / per_token,
             "loss/tokens": tokens,
+            **self._step_metrics(grad_norm, lr, skipped, sequences=float(sums[8]), micro_batches=len(micro),
+                                 padded_tokens=float(sums[9]), seconds=seconds),
+        }
+
+    def _apply_update(self, what: str) -> tuple[float, bool]:
+        """Clip, then step the optimizer (skipped on a non-finite gradient norm) and the LR
+        schedule; the same tail for every kind of step. Returns (grad norm, skipped)."""
+        grad_norm = self._clip_gradients()
+        skipped = not math.isfinite(grad_norm)
+        if skipped:
+            logger.warning("%s %d: gradient norm is %s; skipping the optimizer update", what, self._step,
+                           grad_norm)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self._version += 1
+        self.scheduler.step()
+        self._step += 1
+        return grad_norm, skipped
+
+    def _step_metrics(self, grad_norm: float, lr: float, skipped: bool, *, sequences: float,
+                      micro_batches: int, padded_tokens: float, seconds: float) -> dict[str, float]:
+        """The ``learner/*`` metrics every kind of step reports."""
+        return {
             "learner/grad_norm": grad_norm,
             "learner/lr": lr,
             "learner/step": float(self._step),
             "learner/version": float(self._version),
-            "learner/sequences": float(sums[8]),
-            "learner/micro_batches": float(len(micro)),
-            "learner/padded_tokens": float(sums[9]),
+            "learner/sequences": sequences,
+            "learner/micro_batches": float(micro_batches),
+            "learner/padded_tokens": padded_tokens,
             "learner/skipped": float(skipped),
             "learner/step_seconds": seconds,
-            "learner/tokens_per_second": float(sums[9]) / seconds if seconds > 0 else 0.0,
+            "learner/tokens_per_second": padded_tokens / seconds if seconds > 0 else 0.0,
         }
 
     def sft_step(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
@@ -421,17 +435,7 @@ class Learner:
                 torch.tensor(float(padded), dtype=torch.float64, device=self.device),
             ])
 
-        grad_norm = self._clip_gradients()
-        skipped = not math.isfinite(grad_norm)
-        if skipped:
-            logger.warning("learner sft step %d: gradient norm is %s; skipping the optimizer update",
-                           self._step, grad_norm)
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
-            self._version += 1
-        self.scheduler.step()
-        self._step += 1
+        grad_norm, skipped = self._apply_update("learner sft step")
 
         sums = self._all_reduce(sums).cpu()
         tokens = float(sums[1])
@@ -439,16 +443,8 @@ class Learner:
         return {
             "loss/nll": float(sums[0]) / max(tokens, 1.0),
             "loss/tokens": tokens,
-            "learner/grad_norm": grad_norm,
-            "learner/lr": lr,
-            "learner/step": float(self._step),
-            "learner/version": float(self._version),
-            "learner/sequences": float(sums[2]),
-            "learner/micro_batches": float(len(micro)),
-            "learner/padded_tokens": float(sums[3]),
-            "learner/skipped": float(skipped),
-            "learner/step_seconds": seconds,
-            "learner/tokens_per_second": float(sums[3]) / seconds if seconds > 0 else 0.0,
+            **self._step_metrics(grad_norm, lr, skipped, sequences=float(sums[2]), micro_batches=len(micro),
+                                 padded_tokens=float(sums[3]), seconds=seconds),
         }
 
     @torch.no_grad()
