@@ -16,7 +16,7 @@ OE_PIP  := $(OE_PY) -m pip
 OPENENV_PIN  := openenv==0.10.0
 OPENENV_DEPS := requests 'fastmcp>=3,<4' tomli tomli-w typer rich openai
 
-.PHONY: venv openenv-venv lint test test-openenv test-fast test-docker docker-engine demo bench clean
+.PHONY: venv openenv-venv lint test test-openenv test-fast test-docker docker-engine demo train bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ $(OE_VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 openenv-venv: $(OE_VENV)/.installed
+
+## The main job: GRPO on guess_number with the tiny model (CPU default); ARGS="key=value ..." overrides.
+train: venv
+	$(PY) -m apps.agent_grpo $(ARGS)
 
 ## Static checks: pyflakes-level lint and type checks of the SDK, envs and apps.
 lint: venv

@@ -13,6 +13,7 @@ template's glue) is tokenized.
 
 from agents._base import ActionParseError, Agent, AgentEpisode
 from agents._schema_tools import ToolDef
+from agents._select import AgentKind, make_agent
 from agents.chat import ActionParser, ChatAgent, parse_chat_action
 from agents.tool_calling import ToolCallingAgent, hermes_tools_prompt, parse_tool_call
 
@@ -21,10 +22,12 @@ __all__ = [
     "ActionParser",
     "Agent",
     "AgentEpisode",
+    "AgentKind",
     "ChatAgent",
     "ToolCallingAgent",
     "ToolDef",
     "hermes_tools_prompt",
+    "make_agent",
     "parse_chat_action",
     "parse_tool_call",
 ]

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # `python bench/containers.py` puts bench/ (not the repo root) on sys.path.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from bench._report import BenchRun, Column, format_table as _table  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "containers.json"
 ENGINE_SCRIPT = REPO_ROOT / "scripts" / "docker_engine.sh"
@@ -335,36 +335,35 @@ def _f(value: float | None, spec: str = ".1f") -> str:
 def format_tables(report: dict[str, Any]) -> str:
     lines: list[str] = []
     cs = report["cold_start"]
-    lines += ["", "1. cold start to healthy (start() -> /health), ms",
-              f"{'runtime':<10}{'n':>4}{'median':>10}{'p90':>10}",]
-    for kind in ("docker", "local"):
-        s = cs[kind]
-        lines.append(f"{kind:<10}{s['n']:>4}{_f(s['median_ms']):>10}{_f(s['p90_ms']):>10}")
+    runtime = Column("runtime", "runtime")
+    lines += ["", "1. cold start to healthy (start() -> /health), ms"]
+    lines.append(_table([{"runtime": kind, **cs[kind]} for kind in ("docker", "local")], [
+        runtime, Column("n", "n"), Column("median", "median_ms", ".1f"), Column("p90", "p90_ms", ".1f"),
+    ]))
     lines.append(f"docker/local: median x{_f(cs['ratio_median'], '.2f')}, p90 x{_f(cs['ratio_p90'], '.2f')}")
 
     ls = report["warm_lease"]
-    lines += ["", f"2. warm lease acquire+release (session open/close), pool of {POOL_SIZE}, ms",
-              f"{'runtime':<10}{'n':>5}{'median':>10}{'p99':>10}"]
-    for kind in ("docker", "local"):
-        s = ls[kind]
-        lines.append(f"{kind:<10}{s['n']:>5}{_f(s['median_ms'], '.2f'):>10}{_f(s['p99_ms'], '.2f'):>10}")
+    lines += ["", f"2. warm lease acquire+release (session open/close), pool of {POOL_SIZE}, ms"]
+    lines.append(_table([{"runtime": kind, **ls[kind]} for kind in ("docker", "local")], [
+        runtime, Column("n", "n"), Column("median", "median_ms", ".2f"), Column("p99", "p99_ms", ".2f"),
+    ]))
     lines.append(f"docker/local: median x{_f(ls['ratio_median'], '.2f')}, p99 x{_f(ls['ratio_p99'], '.2f')}")
 
     ep = report["episodes"]
-    lines += ["", f"3. guess_number episodes through the pool ({POOL_SIZE} servers), scripted solver",
-              f"{'runtime':<10}{'conc':>5}{'episodes':>10}{'episodes/s':>12}{'steps/s':>10}"]
-    for kind in ("docker", "local"):
-        for row in ep[kind]:
-            lines.append(f"{kind:<10}{row['concurrency']:>5}{row['episodes']:>10}"
-                         f"{_f(row['episodes_per_s']):>12}{_f(row['steps_per_s']):>10}")
+    lines += ["", f"3. guess_number episodes through the pool ({POOL_SIZE} servers), scripted solver"]
+    lines.append(_table([{"runtime": kind, **row} for kind in ("docker", "local") for row in ep[kind]], [
+        runtime, Column("conc", "concurrency"), Column("episodes", "episodes"),
+        Column("episodes/s", "episodes_per_s", ".1f"), Column("steps/s", "steps_per_s", ".1f"),
+    ]))
     for r in ep["ratios"]:
         lines.append(f"docker/local at {r['concurrency']:>2}: episodes/s x{_f(r['episodes_per_s'], '.2f')}")
 
     sb = report["sandbox"]
-    lines += ["", "4. sandbox exec of print(1), ms", f"{'backend':<12}{'n':>4}{'median':>10}{'p90':>10}{'x python -c':>13}"]
-    for name, s in sb["backends"].items():
-        lines.append(f"{name:<12}{s['n']:>4}{_f(s['median_ms']):>10}{_f(s['p90_ms']):>10}"
-                     f"{_f(s['ratio_median_vs_python'], '.2f'):>13}")
+    lines += ["", "4. sandbox exec of print(1), ms"]
+    lines.append(_table([{"backend": name, **s} for name, s in sb["backends"].items()], [
+        Column("backend", "backend"), Column("n", "n"), Column("median", "median_ms", ".1f"),
+        Column("p90", "p90_ms", ".1f"), Column("x python -c", "ratio_median_vs_python", ".2f", ">"),
+    ]))
     if "rlimit" in sb["backends"]:
         lines.append("(rlimit is no security boundary: no network or filesystem isolation)")
     for name, why in sb["unusable"].items():
@@ -376,7 +375,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     trackers = {"docker": _Tracker("docker"), "local": _Tracker("local")}
     t = time.perf_counter()
     starts = await cold_starts(trackers, args.starts)
-    cold = {k: _summary(v, 90) for k, v in starts.items()}
+    cold: dict[str, Any] = {k: _summary(v, 90) for k, v in starts.items()}
     cold["ratio_median"] = _ratio(cold["docker"]["median_ms"], cold["local"]["median_ms"])
     cold["ratio_p90"] = _ratio(cold["docker"]["p90_ms"], cold["local"]["p90_ms"])
     print(f"[bench] cold starts done in {time.perf_counter() - t:.1f}s", file=sys.stderr)
@@ -384,7 +383,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     t = time.perf_counter()
     leases, rows = await pool_parts(trackers, leases=args.leases, concurrencies=args.concurrency,
                                     duration=args.duration)
-    lease = {k: _summary(v, 99) for k, v in leases.items()}
+    lease: dict[str, Any] = {k: _summary(v, 99) for k, v in leases.items()}
     lease["ratio_median"] = _ratio(lease["docker"]["median_ms"], lease["local"]["median_ms"])
     lease["ratio_p99"] = _ratio(lease["docker"]["p99_ms"], lease["local"]["p99_ms"])
     eps: dict[str, Any] = dict(rows)
@@ -436,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.starts, args.leases, args.execs) < 1 or args.duration <= 0 or min(args.concurrency) < 1:
         raise SystemExit("--starts, --leases, --execs, --concurrency must be >= 1 and --duration > 0")
     began = time.perf_counter()
+    run = BenchRun("containers", argv, packages=("docker",))
     try:
         host, started_here, setup = ensure_engine()
     except BenchSetupError as e:
@@ -457,7 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.pop("_server_pids", None)
     import docker
 
+    header = run.header()
     report = {
+        **header,
         "settings": {
             "quick": args.quick, "env": ENV_NAME, "image": IMAGE, "pool_size": POOL_SIZE,
             "starts": args.starts, "leases": args.leases, "duration_s": args.duration,
@@ -465,9 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "engine_started_here": started_here, "setup_s": setup,
             "docker_runtime": "DockerRuntime defaults: cpus=1.0, memory=512m, read-only, uid 10001",
         },
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "docker_sdk": docker.__version__,
-                    "loadavg": os.getloadavg()[0]},
+        "machine": {**header["machine"], "docker_sdk": docker.__version__,
+                    "loadavg": header["machine"]["loadavg_1min_end"]},
         **report,
         "leftovers": leftovers,
         "wall_s": time.perf_counter() - began,
@@ -475,9 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_tables(report))
     print(f"\nleftovers: {len(leftovers['containers'])} containers, {len(leftovers['processes'])} "
           f"processes; total {report['wall_s']:.1f}s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {run.write(report, args.out)}")
     if leftovers["containers"] or leftovers["processes"]:
         print(f"bench/containers.py: left behind: {leftovers}", file=sys.stderr)
         return 1

@@ -36,10 +36,8 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import math
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -57,10 +55,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench._report import BenchRun, Column, format_table as _table  # noqa: E402
+
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "env_throughput.json"
 SIDES = ("ours", "openenv")
 APPS = {"ours": "bench._echo_servers:ours_app", "openenv": "bench._echo_servers:openenv_app"}
 ALL_PAIRS = (("ours", "ours"), ("openenv", "openenv"), ("ours", "openenv"), ("openenv", "ours"))
+# Versions recorded in the JSON: the serving stack both sides run on.
+PACKAGES = ("openenv", "fastapi", "starlette", "uvicorn", "websockets", "pydantic", "uvloop")
 # A CPU-second counter of another process: /proc/<pid>/stat fields 14 (utime) and 15 (stime).
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -110,7 +112,7 @@ class OursSession:
     def __init__(self, url: str) -> None:
         from forge_env.client import RemoteEnv
 
-        self._env = RemoteEnv(url)
+        self._env: RemoteEnv[Any, Any] = RemoteEnv(url)
 
     async def open(self) -> None:
         # RemoteEnv would connect on the first reset; connect explicitly so that opening
@@ -485,41 +487,21 @@ async def run_all(
     return [summarise(s, c, n, runs[(s, c, n)]) for n in session_counts for s, c in pairs]
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def format_table(rows: list[Row], ratio_rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'sessions':>8}  {'server':<8} {'client':<8} {'steps/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'srv us/step':>11} {'cli us/step':>11}",
-    ]
-    for r in rows:
-        lines.append(
-            f"{r.sessions:>8}  {r.server:<8} {r.client:<8} {r.steps_per_s:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}"
-            f" {_fmt(r.server_cpu_us_per_step, '11.0f')} {_fmt(r.client_cpu_us_per_step, '11.0f')}"
-        )
+    lines = [_table(rows, [
+        Column("sessions", "sessions"), Column("server", "server"), Column("client", "client"),
+        Column("steps/s", "steps_per_s", ".0f"), Column("p50 ms", "p50_ms", ".3f"),
+        Column("p99 ms", "p99_ms", ".3f"), Column("srv us/step", "server_cpu_us_per_step", ".0f", ">"),
+        Column("cli us/step", "client_cpu_us_per_step", ".0f", ">"),
+    ])]
     if ratio_rows:
         lines += ["", "ours/ours vs openenv/openenv (throughput >1 and latency <1 favour ours):"]
-        lines.append(f"{'sessions':>8}  {'throughput x':>12} {'p50 x':>7} {'p99 x':>7} {'srv cpu x':>9} {'cli cpu x':>9}")
-        for q in ratio_rows:
-            lines.append(
-                f"{q['sessions']:>8}  {q['throughput_ratio']:>12.2f} {q['p50_ratio']:>7.2f} {q['p99_ratio']:>7.2f}"
-                f" {_fmt(q['server_cpu_ratio'], '9.2f')} {_fmt(q['client_cpu_ratio'], '9.2f')}"
-            )
+        lines.append(_table(ratio_rows, [
+            Column("sessions", "sessions"), Column("throughput x", "throughput_ratio", ".2f"),
+            Column("p50 x", "p50_ratio", ".2f"), Column("p99 x", "p99_ratio", ".2f"),
+            Column("srv cpu x", "server_cpu_ratio", ".2f", ">"), Column("cli cpu x", "client_cpu_ratio", ".2f", ">"),
+        ]))
     return "\n".join(lines)
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("openenv", "fastapi", "starlette", "uvicorn", "websockets", "pydantic", "uvloop"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def run_loop(main: Any, *, uvloop: bool) -> Any:
@@ -530,14 +512,6 @@ def run_loop(main: Any, *, uvloop: bool) -> Any:
         with asyncio.Runner(loop_factory=_uvloop.new_event_loop) as runner:
             return runner.run(main)
     return asyncio.run(main)
-
-
-def _loadavg() -> float | None:
-    """The 1-minute load average (other processes competing for the CPU), where known."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def _parse_pair(text: str) -> tuple[str, str]:
@@ -599,11 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError as e:
             raise SystemExit(f"forge_env.server/.client are not importable ({e}); run only OpenEnv with --pairs openenv/openenv") from e
 
-    started = time.time()
-    load_start = _loadavg()
-    if load_start is not None and load_start > (os.cpu_count() or 1) * 0.5:
-        print(f"note: load average {load_start:.1f} on {os.cpu_count()} CPUs before starting; "
-              "other work competes for the CPU and the numbers will be noisy", flush=True)
+    run = BenchRun("env_throughput", argv, packages=PACKAGES)
+    if (note := run.busy_note()) is not None:
+        print(note, flush=True)
     print(f"env_throughput: pairs {[f'{s}/{c}' for s, c in pairs]}, sessions {session_counts}, "
           f"{args.repeats} repeats x {args.duration}s (warmup {args.warmup}s)", flush=True)
     with tempfile.TemporaryDirectory(prefix="env-throughput-") as tmp, contextlib.ExitStack() as stack:
@@ -657,17 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           + f"; clients {client_loop}")
     print(format_table(rows, ratio_rows))
     report = {
-        "benchmark": "env_throughput",
-        "command": " ".join(["python bench/env_throughput.py", *(sys.argv[1:] if argv is None else argv)]),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "elapsed_s": time.time() - started,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "loadavg_1min_start": load_start,
-            "loadavg_1min_end": _loadavg(),
-            **_versions(),
-        },
+        **run.header(),
         "settings": {
             "sessions": session_counts,
             "pairs": [f"{s}/{c}" for s, c in pairs],
@@ -687,9 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": [asdict(r) for r in rows],
         "ratios": ratio_rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {run.write(report, args.out)}")
     return 0
 
 

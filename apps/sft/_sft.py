@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from apps.sft._demos import DEMO_POLICIES, demo_policy, demonstration
+from forge_env.rollout._evaluate import EvalResult
 
 __all__ = ["TRAIN_SEED_START", "EvalResult", "SFTConfig", "SFTResult", "main", "run_sft", "sft"]
 
@@ -84,18 +85,6 @@ class SFTConfig:
             raise ValueError(f"--max-grad-norm must be > 0, got {self.max_grad_norm}")
         if self.env not in DEMO_POLICIES:
             demo_policy(self.env)  # raises, naming the supported envs
-
-
-@dataclasses.dataclass(slots=True)
-class EvalResult:
-    """Held-out evaluation of one policy."""
-
-    episodes: int
-    success_rate: float
-    invalid_reply_rate: float
-    """Invalid replies per turn played."""
-    mean_turns: float
-    seconds: float
 
 
 @dataclasses.dataclass(slots=True)
@@ -205,25 +194,14 @@ def run_sft(config: SFTConfig, *, out: TextIO | None = None) -> SFTResult:
 
 async def _evaluate(agent: Any, generator: Any, make_env: Any, config: SFTConfig) -> EvalResult | None:
     from forge_env.generator import SamplingParams
-    from forge_env.rollout import CollectorConfig, RolloutCollector, RolloutConfig, Task
+    from forge_env.rollout import RolloutConfig, evaluate
 
     if config.eval_episodes == 0:
         return None
     rollout = RolloutConfig(max_turns=config.max_turns, sampling=SamplingParams(
         max_tokens=config.max_tokens, temperature=config.eval_temperature))
-    collector = RolloutCollector(agent, generator, make_env, CollectorConfig(
-        max_concurrent_episodes=config.eval_episodes, rollout=rollout))
-    started = time.perf_counter()
-    groups = await collector.collect([Task(seed=s) for s in range(config.eval_episodes)])
-    trajs = [t for g in groups for t in g.trajectories]
-    turns = sum(t.num_turns for t in trajs)
-    return EvalResult(
-        episodes=len(trajs),
-        success_rate=sum(t.success for t in trajs) / len(trajs),
-        invalid_reply_rate=sum(t.invalid_actions for t in trajs) / max(turns, 1),
-        mean_turns=turns / len(trajs),
-        seconds=time.perf_counter() - started,
-    )
+    return await evaluate(agent, generator, make_env, episodes=config.eval_episodes, rollout=rollout,
+                          max_concurrent_episodes=config.eval_episodes)
 
 
 def _print(out: TextIO, line: str) -> None:

@@ -10,6 +10,14 @@ Rules (all documented choices):
   binary search (at most ``ceil(log2(16 + 1)) = 5`` guesses) always wins.
 - Reward: only the correct guess is rewarded, ``max(0, 1 - turn_cost * (turn - 1))`` on
   turn ``turn`` (1 with the default ``turn_cost=0``); every other step gives 0.
+- Optional progress reward (``progress_reward=p``, default 0): each valid guess also earns
+  ``p * (1 - max(below, above) / n)``, where ``n`` numbers were still possible and ``below`` /
+  ``above`` of them lie below / above the guess: the share of the interval the guess rules out
+  whatever the answer. It depends only on the interval and the guess (not on the hidden
+  number), is largest for the middle (about ``p / 2``), and 0 for a guess outside the interval
+  still possible. The win alone decides success; this is a dense per-turn signal for RL
+  (measured: GRPO on the win reward alone did not improve the warm-started tiny model in 100
+  steps, since which guess wins is mostly luck).
 - Running out of turns ends the episode as ``terminated`` with reward 0: the turn limit is a
   rule of this game, stated in every observation. ``truncated`` is left to limits imposed
   from outside (a rollout deadline).
@@ -50,6 +58,8 @@ class GuessNumberConfig:
     """Guesses allowed per episode (invalid guesses count)."""
     turn_cost: float = 0.0
     """Reward taken off the win per guess before the correct one."""
+    progress_reward: float = 0.0
+    """Weight of the per-guess progress reward (see the module docstring); 0: off."""
 
     def __post_init__(self) -> None:
         for field in ("lo", "hi", "max_turns"):
@@ -65,6 +75,9 @@ class GuessNumberConfig:
         cost = self.turn_cost
         if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0.0 <= cost <= 1.0:
             raise ValueError(f"turn_cost must be a number in [0, 1], got {self.turn_cost!r}")
+        progress = self.progress_reward
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0.0 <= progress <= 10.0:
+            raise ValueError(f"progress_reward must be a number in [0, 10], got {self.progress_reward!r}")
 
 
 class _MalformedGuess(GuessAction):
@@ -114,8 +127,10 @@ class GuessNumberEnv(AsyncEnv[GuessObservation, GuessAction]):
         hi: int = 16,
         max_turns: int = 6,
         turn_cost: float = 0.0,
+        progress_reward: float = 0.0,
     ) -> None:
-        self.config = GuessNumberConfig(lo=lo, hi=hi, max_turns=max_turns, turn_cost=turn_cost)
+        self.config = GuessNumberConfig(lo=lo, hi=hi, max_turns=max_turns, turn_cost=turn_cost,
+                                        progress_reward=progress_reward)
         self._rng: random.Random | None = None
         self._game = self.config
         self._target = 0
@@ -155,7 +170,7 @@ class GuessNumberEnv(AsyncEnv[GuessObservation, GuessAction]):
         if unknown:
             raise ValueError(
                 f"unknown reset options {sorted(unknown)}; guess_number accepts lo, "
-                "hi, max_turns, turn_cost and episode_id"
+                "hi, max_turns, turn_cost, progress_reward and episode_id"
             )
         game = dataclasses.replace(self.config, **options)
         if seed is not None or self._rng is None:
@@ -190,6 +205,7 @@ class GuessNumberEnv(AsyncEnv[GuessObservation, GuessAction]):
         feedback: Feedback
         error: str | None = None
         reward = 0.0
+        lo_before, hi_before = self._lo, self._hi
         if isinstance(parsed, _MalformedGuess):
             feedback, error = "invalid", parsed.problem
         elif not game.lo <= guess <= game.hi:
@@ -207,6 +223,10 @@ class GuessNumberEnv(AsyncEnv[GuessObservation, GuessAction]):
             self._hi = min(self._hi, guess - 1)
         if feedback != "invalid":
             self._last_guess = guess
+            if game.progress_reward and lo_before <= guess <= hi_before:
+                n = hi_before - lo_before + 1
+                worst_left = max(guess - lo_before, hi_before - guess)
+                reward += game.progress_reward * (1.0 - worst_left / n)
         self._done = self._won or turns_left == 0
 
         if feedback == "correct":

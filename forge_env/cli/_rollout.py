@@ -187,17 +187,9 @@ class _env_source:
 
 
 async def _make_agent(args: argparse.Namespace, tokenizer: Any, env: Any) -> Any:
-    from agents import ChatAgent, ToolCallingAgent
+    from agents import make_agent
 
-    kind = args.agent
-    if kind == "auto":
-        try:
-            tools = await env.list_tools()
-        except Exception:  # an env without MCP support offers no tools
-            tools = []
-        kind = "tool" if tools else "chat"
-    cls = ToolCallingAgent if kind == "tool" else ChatAgent
-    return cls(tokenizer, system_prompt=args.system_prompt)
+    return await make_agent(args.agent, tokenizer, env, system_prompt=args.system_prompt)
 
 
 def _make_generator(args: argparse.Namespace, model_path: str) -> Any:

@@ -338,7 +338,8 @@ class TorchGenerator(FolderGenerator):
                 # Finished rows leave the batch, and their cache rows with them.
                 keep = torch.tensor(still, device=device)
                 cache.batch_select_indices(keep)
-                mask, next_pos, tokens = mask[keep], next_pos[keep], tokens[keep]
+                # tokens come back from _sample on the CPU; mask and positions live on the device.
+                mask, next_pos, tokens = mask[keep], next_pos[keep], tokens[keep.cpu()]
                 live = [live[k] for k in still]
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
             next_pos = next_pos + 1

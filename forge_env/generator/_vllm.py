@@ -27,6 +27,7 @@ from forge_env.generator._base import (
 from forge_env.generator._config import VLLMGeneratorConfig
 from forge_env.generator._folder import check_prompt, collect_weights
 from forge_env.generator._stamped import FolderGenerator
+from forge_env.generator._vllm_worker import OWNER_PID_ENV
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -140,6 +141,9 @@ class VLLMGenerator(FolderGenerator):
             raise GeneratorError(f"VLLMGenerator needs torch and vLLM: {_INSTALL_HINT}") from e
         on_gpu = torch.cuda.is_available()
         os.environ.setdefault("VLLM_LOGGING_LEVEL", self.config.log_level)
+        # The engine's processes inherit this and end themselves when this process dies,
+        # even by SIGKILL (see forge_env.generator._vllm_worker).
+        os.environ[OWNER_PID_ENV] = str(os.getpid())
         if not on_gpu:
             for key, value in _CPU_ENV.items():
                 os.environ.setdefault(key, value)

@@ -304,10 +304,10 @@ class Learner:
         micro = [self._collate([rows[i] for i in idx]) for idx in self._plan([len(r.tokens) for r in rows])]
         micro += [self._dummy(with_ref=ref_logprobs is not None)] * (self._agree_max(len(micro)) - len(micro))
 
-        normalizer = torch.zeros((), dtype=torch.float32)
+        normalizer = torch.zeros((), dtype=torch.float32, device=self.device)
         for mb in micro:
-            normalizer += loss_normalizer(mb.mask, cfg.loss)
-        normalizer = self._all_reduce(normalizer.to(self.device))
+            normalizer += loss_normalizer(mb.mask, cfg.loss).to(self.device)
+        normalizer = self._all_reduce(normalizer)
 
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)

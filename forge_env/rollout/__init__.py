@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from forge_env.rollout._collector import CollectorConfig, CollectorStats, EnvSource, RolloutCollector
 from forge_env.rollout._episode import RolloutConfig, run_episode
+from forge_env.rollout._evaluate import EvalResult, evaluate
 from forge_env.rollout._trajectory import (
     FAILURE_REASONS,
     Task,
@@ -27,6 +28,7 @@ __all__ = [
     "CollectorConfig",
     "CollectorStats",
     "EnvSource",
+    "EvalResult",
     "RolloutCollector",
     "RolloutConfig",
     "Task",
@@ -34,5 +36,6 @@ __all__ = [
     "Trajectory",
     "TrajectoryGroup",
     "Turn",
+    "evaluate",
     "run_episode",
 ]

@@ -1,0 +1,403 @@
+"""``python -m apps.agent_grpo``: warm start, held-out baseline, GRPO, held-out final, plot.
+
+Read :func:`train` top to bottom. The output folder (``output_dir=``) holds::
+
+    config.yaml         the resolved config of the run
+    warm_start/hf/      the warm-started policy (skipped when warm_start.enabled is false)
+    checkpoints/        step_000010/ ... (learner + optimizer, buffer, task position, RNG)
+    metrics.jsonl       one line per learner step and per evaluation
+    tensorboard/        the same scalars for TensorBoard
+    plot.png            reward and held-out success over learner steps
+    summary.json        baseline_success, final_success, steps, timings, paths
+    hf/                 the final policy as a Hugging Face folder
+
+``--resume`` continues from the newest complete checkpoint of ``output_dir`` (a run killed at
+any moment, ``kill -9`` included): the learner, optimizer, replay buffer, task stream and RNG
+are restored; episodes that were generating when it died are played again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from apps.agent_grpo._config import AgentGRPOConfig, ConfigError, load_config
+from forge_env.rollout import EvalResult
+
+__all__ = ["RunError", "TrainResult", "main", "run", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(slots=True)
+class TrainResult:
+    """What :func:`train` did."""
+
+    output_dir: Path
+    steps: int
+    baseline: EvalResult | None
+    final: EvalResult | None
+    summary: dict[str, Any]
+
+
+class RunError(RuntimeError):
+    """The run cannot start as asked (the message says why and what to do)."""
+
+
+async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | None = None) -> TrainResult:
+    """Run the whole job described by ``config`` (async).
+
+    Example::
+
+        config = load_config(None, ["orchestrator.steps=5", "output_dir=/tmp/run"])
+        result = await train(config)
+        result.summary["baseline_success"], result.summary["final_success"]
+    """
+    from transformers import AutoTokenizer
+
+    from forge_env.buffer import ReplayBuffer
+    from forge_env.checkpoint import CheckpointConfig, Checkpointer, rng_state, set_rng_state
+    from forge_env.learner import Learner
+    from forge_env.models import resolve_model
+    from forge_env.orchestrator import Orchestrator
+    from forge_env.rollout import RolloutCollector
+    from forge_env.tracking import RunTracker, TrackingConfig
+
+    out = out or sys.stdout
+    started = time.monotonic()
+    root = Path(config.output_dir)
+    checkpointer = Checkpointer(CheckpointConfig(directory=str(root / "checkpoints"), keep=config.checkpoint.keep))
+    latest = checkpointer.latest()
+    if latest is not None and not resume:
+        raise RunError(
+            f"{root} already holds a run (checkpoint {latest.name}): pass --resume to continue it, "
+            f"or set output_dir= to a new folder"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(config.to_yaml())
+    _say(out, f"agent_grpo: {config.env} with {config.model}, {config.orchestrator.mode} GRPO, "
+              f"{config.orchestrator.steps} steps -> {root}")
+
+    # 1. The policy to start from: the warm-started folder, or the model itself.
+    model_path = str(resolve_model(config.model))
+    if config.warm_start.enabled:
+        model_path = await _warm_start(config, model_path, root / "warm_start", out)
+
+    # 2. Components: tokenizer + agent, envs, learner, generator, buffer, collector, loop.
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    learner = Learner(config.learner.learner_config(
+        model_path, total_steps=config.orchestrator.steps, temperature=config.rollout.temperature,
+        seed=config.seed, max_completion_tokens=config.rollout.max_turns * config.rollout.max_tokens))
+    state: dict[str, Any] = {}
+    if resume and latest is not None:
+        step, state = checkpointer.load(latest)
+        learner.load_state_dict(state["learner"])
+        set_rng_state(state["rng"])
+        _say(out, f"resuming from {latest} (learner step {step}, policy version {learner.version})")
+    elif resume:
+        _say(out, f"--resume: no checkpoint in {root / 'checkpoints'} yet; starting the run from step 0")
+    run_state: dict[str, Any] = dict(state.get("run", {}))
+
+    async with _env_source(config) as envs, config.generator.build(model_path, config.seed) as generator:
+        agent = await _make_agent(config, tokenizer, envs)
+        buffer = ReplayBuffer(config.buffer.buffer_config(config.seed))
+        collector = RolloutCollector(agent, generator, envs, config.rollout.collector_config())
+        loop = Orchestrator(learner=learner, generator=generator, collector=collector, buffer=buffer,
+                            config=config.orchestrator.orchestrator_config(),
+                            advantage=config.advantage.advantage_config())
+        if "orchestrator" in state:
+            loop.load_state_dict(state["orchestrator"])
+        tracker = RunTracker(
+            TrackingConfig(output_dir=str(root), console=config.logging.console, jsonl=config.logging.jsonl,
+                           tensorboard=config.logging.tensorboard, wandb=config.logging.wandb,
+                           wandb_project=config.logging.wandb_project, run_name=root.name),
+            total_steps=config.orchestrator.steps, out=out,
+            resume_from_step=loop.step if resume else None,
+        )
+        with tracker:
+            # 3. Held-out baseline (once per run: a resumed run keeps the first one's).
+            if "baseline" not in run_state:
+                baseline = await _evaluate(config, agent, generator, envs)
+                run_state["baseline"] = dataclasses.asdict(baseline) if baseline is not None else None
+                if baseline is not None:
+                    tracker.log(0, _eval_metrics(baseline), kind="eval")
+            baseline = EvalResult(**run_state["baseline"]) if run_state.get("baseline") else None
+
+            # 4. GRPO.
+            train_started = time.monotonic()
+            train_before = float(run_state.get("train_seconds", 0.0))
+            deadline = None if config.orchestrator.max_minutes is None else (
+                train_started + 60 * config.orchestrator.max_minutes - train_before)
+            tokens = float(run_state.get("completion_tokens", 0.0))
+            async for report in loop.run():
+                step = loop.step
+                tokens += report["throughput/tokens_per_s"] * report["time/step_s"]
+                tracker.log(step, report)
+                run_state["train_seconds"] = train_before + time.monotonic() - train_started
+                run_state["completion_tokens"] = tokens
+                last = step == config.orchestrator.steps
+                if config.eval.every and step % config.eval.every == 0 and not last:
+                    result = await _evaluate(config, agent, generator, envs)
+                    if result is not None:
+                        tracker.log(step, _eval_metrics(result), kind="eval")
+                if config.checkpoint.every and step % config.checkpoint.every == 0 and not last:
+                    path = checkpointer.save(step, {
+                        "learner": learner.state_dict(), "orchestrator": loop.state_dict(),
+                        "rng": rng_state(), "run": run_state,
+                    })
+                    tracker.print(f"checkpoint {path}")
+                if deadline is not None and time.monotonic() > deadline:
+                    tracker.print(f"orchestrator.max_minutes={config.orchestrator.max_minutes} reached "
+                                  f"after step {step}: stopping training")
+                    break
+            train_seconds = float(run_state.get("train_seconds", 0.0))
+
+            # 5. Held-out final, the policy, the plot and the summary.
+            final = await _evaluate(config, agent, generator, envs)
+            if final is not None:
+                tracker.log(loop.step, _eval_metrics(final), kind="eval")
+            hf_path = None
+            if config.checkpoint.save_final_hf:
+                hf_path = _save_atomically(learner, root / "hf")
+            summary = {
+                "baseline_success": None if baseline is None else baseline.success_rate,
+                "final_success": None if final is None else final.success_rate,
+                "baseline": None if baseline is None else dataclasses.asdict(baseline),
+                "final": None if final is None else dataclasses.asdict(final),
+                "steps": loop.step,
+                "policy_version": learner.version,
+                "mode": config.orchestrator.mode,
+                "wall_seconds": time.monotonic() - started,
+                "train_seconds": train_seconds,
+                "tokens_per_s": tokens / train_seconds if train_seconds else 0.0,
+                "resumed": bool(state),
+                "output_dir": str(root),
+                "hf_path": None if hf_path is None else str(hf_path),
+                "plot_path": None,
+                "buffer": buffer.stats(),
+                "collector": collector.stats.to_dict(),
+            }
+    if config.logging.plot and (root / "metrics.jsonl").exists():
+        from forge_env.tracking import plot_run
+
+        summary["plot_path"] = str(plot_run(
+            root / "metrics.jsonl", root / "plot.png",
+            title=f"{config.env}: {config.model}, {config.orchestrator.mode} GRPO",
+            baseline=None if baseline is None else baseline.success_rate))
+    from forge_env.tracking import format_summary, write_summary
+
+    write_summary(root / "summary.json", summary)
+    _say(out, format_summary(summary))
+    return TrainResult(output_dir=root, steps=loop.step, baseline=baseline, final=final, summary=summary)
+
+
+async def _warm_start(config: AgentGRPOConfig, model_path: str, folder: Path, out: TextIO) -> str:
+    """Supervised warm start (apps.sft) once per run; a finished one is reused (on resume too)."""
+    from apps.sft import sft
+
+    hf = folder / "hf"
+    if (hf / "config.json").exists():
+        _say(out, f"warm start: reusing {hf}")
+        return str(hf)
+    sft_config = config.warm_start.sft_config(config, output_dir=None)
+    sft_config.model = model_path
+    _say(out, f"warm start: {sft_config.steps} supervised steps on {sft_config.env} demonstrations")
+    result = await sft(sft_config, out=out)
+    path = _save_atomically(result.learner, hf)
+    (folder / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+    _say(out, f"warm start: {result.train_seconds:.0f} s, saved {path}")
+    return str(path)
+
+
+def _save_atomically(learner: Any, path: Path) -> Path:
+    """``learner.save_hf`` into a sibling temp folder, then rename: a kill leaves no half folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    learner.save_hf(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+async def _evaluate(config: AgentGRPOConfig, agent: Any, generator: Any, envs: Any) -> EvalResult | None:
+    from forge_env.generator import SamplingParams
+    from forge_env.rollout import RolloutConfig, evaluate
+
+    if config.eval.episodes == 0:
+        return None
+    rollout = dataclasses.replace(
+        config.rollout.rollout_config(),
+        sampling=SamplingParams(max_tokens=config.rollout.max_tokens, temperature=config.eval.temperature),
+    )
+    assert isinstance(rollout, RolloutConfig)
+    return await evaluate(agent, generator, envs, episodes=config.eval.episodes, rollout=rollout,
+                          max_concurrent_episodes=config.rollout.max_concurrent_episodes)
+
+
+def _eval_metrics(result: EvalResult) -> dict[str, float]:
+    return {
+        "eval/success_rate": result.success_rate,
+        "eval/mean_reward": result.mean_reward,
+        "eval/invalid_reply_rate": result.invalid_reply_rate,
+        "eval/mean_turns": result.mean_turns,
+        "eval/episodes": float(result.episodes),
+        "eval/failed": float(result.failed),
+        "eval/seconds": result.seconds,
+        "eval/version": float(result.version),
+    }
+
+
+@asynccontextmanager
+async def _env_source(config: AgentGRPOConfig) -> AsyncIterator[Any]:
+    """Where episodes get their envs: in-process (built-in name, module:Class, folder), an
+    OpenEnv server URL, or ``docker:IMAGE`` (a pool of locked-down containers)."""
+    spec = config.env
+    if spec.startswith(("http://", "https://", "ws://", "wss://")):
+        from forge_env.client import RemoteEnv
+
+        probe: Any = RemoteEnv(spec)
+        try:
+            await probe.health()
+        except Exception as e:
+            raise RunError(f"env={spec}: no OpenEnv server answers there ({e}); start one, e.g. "
+                           "`forge-env serve guess_number --port 8000`, or fix the URL") from None
+        finally:
+            await probe.close()
+        yield lambda: RemoteEnv(spec)
+        return
+    if spec.startswith("docker:"):
+        from forge_env.runtime import DockerRuntime, EnvPool
+
+        image = spec.removeprefix("docker:")
+        pool = EnvPool(lambda: DockerRuntime(image), size=config.env_pool_size)
+        async with pool:
+            yield pool
+        return
+    from forge_env.runtime import EnvSpecError, resolve_env_factory
+
+    try:
+        factory = resolve_env_factory(spec)
+    except EnvSpecError as e:
+        raise RunError(f"env={spec}: {e}") from None
+    if config.env_kwargs:
+        import functools
+
+        factory = functools.partial(factory, **config.env_kwargs)
+    yield factory
+
+
+async def _make_agent(config: AgentGRPOConfig, tokenizer: Any, envs: Any) -> Any:
+    from agents import make_agent
+
+    if config.rollout.agent != "auto":
+        return await make_agent(config.rollout.agent, tokenizer, system_prompt=config.rollout.system_prompt)
+    async with _one_env(envs) as env:
+        return await make_agent("auto", tokenizer, env, system_prompt=config.rollout.system_prompt)
+
+
+@asynccontextmanager
+async def _one_env(envs: Any) -> AsyncIterator[Any]:
+    if hasattr(envs, "lease"):
+        async with envs.lease() as env:
+            yield env
+        return
+    made = envs()
+    env = await made if asyncio.iscoroutine(made) else made
+    try:
+        yield env
+    finally:
+        await env.close()
+
+
+def _say(out: TextIO, line: str) -> None:
+    print(line, file=out, flush=True)
+
+
+def run(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | None = None) -> TrainResult:
+    """:func:`train` from synchronous code (starts its own event loop)."""
+    return asyncio.run(train(config, resume=resume, out=out))
+
+
+_EPILOG = """\
+overrides (any number, after the options): dotted keys of the config, e.g.
+  orchestrator.steps=20 learner.lr=2e-3 output_dir=runs/try2 logging.wandb=true env=http://127.0.0.1:8000
+
+examples:
+  python -m apps.agent_grpo                                     # the CPU default (tiny model, guess_number)
+  python -m apps.agent_grpo orchestrator.mode=sync              # generate, then train (for comparison)
+  python -m apps.agent_grpo --config apps/agent_grpo/configs/smollm2_cpu.yaml
+  python -m apps.agent_grpo --resume output_dir=runs/agent_grpo # continue a killed run
+  python -m apps.agent_grpo --print-config                      # every key with its value and meaning
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.agent_grpo",
+        description="Train an LLM agent with GRPO on a multi-turn environment: warm start, held-out "
+                    "baseline, async GRPO (vLLM generator, torchtitan learner), held-out final, plot.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", default=None,
+                        help="YAML config (default: apps/agent_grpo/configs/default.yaml; with --resume: "
+                             "the run's own config.yaml)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in output_dir from its newest checkpoint")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key) and exit")
+    parser.add_argument("--debug", action="store_true", help="verbose logs (vLLM's included)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser
+
+
+def _resolve_config(ns: argparse.Namespace) -> AgentGRPOConfig:
+    path = ns.config
+    if path is None and ns.resume:
+        # --resume without --config: the run's own config, found through output_dir.
+        probe = load_config(None, ns.overrides)
+        saved = Path(probe.output_dir) / "config.yaml"
+        if saved.exists():
+            path = saved
+    return load_config(path, ns.overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the app; 0 when it ran, 2 for a bad config or argument, 1 when the run failed."""
+    ns = _parser().parse_args(argv)
+    try:
+        config = _resolve_config(ns)
+    except ConfigError as e:
+        print(f"agent_grpo: config error: {e}", file=sys.stderr)
+        return 2
+    if ns.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    logging.basicConfig(level=logging.INFO if ns.debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not ns.debug:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    try:
+        result = run(config, resume=ns.resume)
+    except RunError as e:
+        print(f"agent_grpo: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"agent_grpo: interrupted; continue with --resume output_dir={config.output_dir}", file=sys.stderr)
+        return 130
+    s = result.summary
+    if s.get("baseline_success") is not None and s.get("final_success") is not None:
+        print(f"agent_grpo: held-out success {s['baseline_success']:.0%} -> {s['final_success']:.0%} "
+              f"in {s['steps']} steps; {result.output_dir / 'summary.json'}", flush=True)
+    return 0
