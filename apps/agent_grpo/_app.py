@@ -118,12 +118,17 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
                             advantage=config.advantage.advantage_config())
         if "orchestrator" in state:
             loop.load_state_dict(state["orchestrator"])
+        else:  # a new run: metrics of an earlier attempt that never checkpointed go
+            (root / "metrics.jsonl").unlink(missing_ok=True)
+            (root / "wandb_run_id.txt").unlink(missing_ok=True)
+            shutil.rmtree(root / "tensorboard", ignore_errors=True)
         tracker = RunTracker(
             TrackingConfig(output_dir=str(root), console=config.logging.console, jsonl=config.logging.jsonl,
                            tensorboard=config.logging.tensorboard, wandb=config.logging.wandb,
                            wandb_project=config.logging.wandb_project, run_name=root.name),
             total_steps=config.orchestrator.steps, out=out,
-            resume_from_step=loop.step if resume else None,
+            # A resumed run drops what its killed tail logged after the checkpoint.
+            resume_from_step=loop.step if state else None,
         )
         with tracker:
             # 3. Held-out baseline (once per run: a resumed run keeps the first one's).
