@@ -147,7 +147,7 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
             tokens = float(run_state.get("completion_tokens", 0.0))
             async for report in loop.run():
                 step = loop.step
-                tokens += report["throughput/tokens_per_s"] * report["time/step_s"]
+                tokens += report["throughput/completion_tokens"]
                 tracker.log(step, report)
                 run_state["train_seconds"] = train_before + time.monotonic() - train_started
                 run_state["completion_tokens"] = tokens
@@ -237,16 +237,13 @@ def _save_atomically(learner: Any, path: Path) -> Path:
 
 
 async def _evaluate(config: AgentGRPOConfig, agent: Any, generator: Any, envs: Any) -> EvalResult | None:
-    from forge_env.generator import SamplingParams
-    from forge_env.rollout import RolloutConfig, evaluate
+    from forge_env.rollout import evaluate
 
     if config.eval.episodes == 0:
         return None
-    rollout = dataclasses.replace(
-        config.rollout.rollout_config(),
-        sampling=SamplingParams(max_tokens=config.rollout.max_tokens, temperature=config.eval.temperature),
-    )
-    assert isinstance(rollout, RolloutConfig)
+    # The training rollout's limits and sampling, at the evaluation's temperature.
+    sampling = dataclasses.replace(config.rollout.sampling_params(), temperature=config.eval.temperature)
+    rollout = dataclasses.replace(config.rollout.rollout_config(), sampling=sampling)
     return await evaluate(agent, generator, envs, episodes=config.eval.episodes, rollout=rollout,
                           max_concurrent_episodes=config.rollout.max_concurrent_episodes)
 

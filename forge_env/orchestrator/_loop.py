@@ -280,6 +280,7 @@ class Orchestrator:
             "time/step_s": step_s,
             "time/wait_s": waited,
             "time/push_s": pushed,
+            "throughput/completion_tokens": float(window.completion_tokens),
             "throughput/tokens_per_s": window.completion_tokens / span,
             "throughput/episodes_per_s": window.episodes / span,
             "util/learner": report.get("time/train_s", 0.0) / span,
