@@ -133,6 +133,16 @@ class BenchRun:
         """Write the header followed by ``payload`` (whose keys win on a clash) as JSON."""
         return write_json(self.name, {**self.header(), **payload}, out)
 
+    def finish(self, payload: Mapping[str, Any], out: str | os.PathLike[str] | None = None, *,
+               failed_episodes: int = 0) -> int:
+        """:meth:`write`, say where, and the exit status: 1 if episodes failed (said on stderr)."""
+        print(f"\nwrote {self.write(payload, out)}")
+        if failed_episodes:
+            print(f"{self.name}: {failed_episodes} episodes failed (env or generator errors; see the log above)",
+                  file=sys.stderr)
+            return 1
+        return 0
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Column:

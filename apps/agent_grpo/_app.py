@@ -66,13 +66,8 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
     """
     from transformers import AutoTokenizer
 
-    from forge_env.buffer import ReplayBuffer
-    from forge_env.checkpoint import CheckpointConfig, Checkpointer, rng_state, set_rng_state
-    from forge_env.learner import Learner
+    from forge_env.checkpoint import CheckpointConfig, Checkpointer
     from forge_env.models import resolve_model
-    from forge_env.orchestrator import Orchestrator
-    from forge_env.rollout import RolloutCollector
-    from forge_env.tracking import RunTracker, TrackingConfig
 
     out = out or sys.stdout
     started = time.monotonic()
@@ -96,9 +91,24 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
 
     # 2. Components: tokenizer + agent, envs, learner, generator, buffer, collector, loop.
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    learner = Learner(config.learner.learner_config(
-        model_path, total_steps=config.orchestrator.steps, temperature=config.rollout.temperature,
-        seed=config.seed, max_completion_tokens=config.rollout.max_turns * config.rollout.max_tokens))
+    learner = _build_learner(config, model_path, out)
+    try:
+        return await _train(config, learner, model_path, tokenizer, latest, checkpointer, root, started,
+                            resume=resume, out=out)
+    finally:
+        close = getattr(learner, "close", None)
+        if close is not None:  # a MonarchLearner's processes
+            await asyncio.to_thread(close)
+
+
+async def _train(config: AgentGRPOConfig, learner: Any, model_path: str, tokenizer: Any, latest: Any,
+                 checkpointer: Any, root: Path, started: float, *, resume: bool, out: TextIO) -> TrainResult:
+    from forge_env.buffer import ReplayBuffer
+    from forge_env.checkpoint import rng_state, set_rng_state
+    from forge_env.orchestrator import Orchestrator
+    from forge_env.rollout import RolloutCollector
+    from forge_env.tracking import RunTracker, TrackingConfig
+
     state: dict[str, Any] = {}
     if resume and latest is not None:
         step, state = checkpointer.load(latest)
@@ -109,7 +119,7 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
         _say(out, f"--resume: no checkpoint in {root / 'checkpoints'} yet; starting the run from step 0")
     run_state: dict[str, Any] = dict(state.get("run", {}))
 
-    async with _env_source(config) as envs, config.generator.build(model_path, config.seed) as generator:
+    async with _env_source(config) as envs, _build_generator(config, model_path) as generator:
         agent = await _make_agent(config, tokenizer, envs)
         buffer = ReplayBuffer(config.buffer.buffer_config(config.seed))
         collector = RolloutCollector(agent, generator, envs, config.rollout.collector_config())
@@ -148,6 +158,8 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
             async for report in loop.run():
                 step = loop.step
                 tokens += report["throughput/completion_tokens"]
+                # Requests, weight pushes and (runtime: monarch) replica deaths, respawns, retries.
+                report.update({k: v for k, v in generator.metrics.items() if isinstance(v, (int, float))})
                 tracker.log(step, report)
                 run_state["train_seconds"] = train_before + time.monotonic() - train_started
                 run_state["completion_tokens"] = tokens
@@ -183,6 +195,8 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
                 "steps": loop.step,
                 "policy_version": learner.version,
                 "mode": config.orchestrator.mode,
+                "runtime": config.runtime,
+                "generator": dict(generator.metrics),
                 "wall_seconds": time.monotonic() - started,
                 "train_seconds": train_seconds,
                 "tokens_per_s": tokens / train_seconds if train_seconds else 0.0,
@@ -205,6 +219,41 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
     write_summary(root / "summary.json", summary)
     _say(out, format_summary(summary))
     return TrainResult(output_dir=root, steps=loop.step, baseline=baseline, final=final, summary=summary)
+
+
+def _build_learner(config: AgentGRPOConfig, model_path: str, out: TextIO) -> Any:
+    """The GRPO learner: in this process, or (``runtime: monarch``) across ``monarch.learner_procs``
+    Monarch processes behind the same interface."""
+    learner_config = config.learner.learner_config(
+        model_path, total_steps=config.orchestrator.steps, temperature=config.rollout.temperature,
+        seed=config.seed, max_completion_tokens=config.rollout.max_turns * config.rollout.max_tokens)
+    if config.runtime == "local":
+        from forge_env.learner import Learner
+
+        return Learner(learner_config)
+    from forge_env.monarch import MonarchLearner
+
+    _say(out, f"runtime monarch: learner on {config.monarch.learner_procs} process(es), "
+              f"{config.monarch.generator_replicas} generator replica(s), {config.monarch.env_procs} env process(es)")
+    return MonarchLearner(learner_config, procs=config.monarch.learner_procs,
+                          threads_per_proc=config.monarch.threads_per_proc)
+
+
+def _build_generator(config: AgentGRPOConfig, model_path: str) -> Any:
+    """The generator (not started; use ``async with``): one engine here, or a service of
+    ``monarch.generator_replicas`` replicas in their own processes."""
+    if config.runtime == "local":
+        return config.generator.build(model_path, config.seed)
+    from forge_env.monarch import MonarchGenerator, ServiceConfig
+
+    mon = config.monarch
+    threads = {} if mon.threads_per_proc is None else {"OMP_NUM_THREADS": str(mon.threads_per_proc)}
+    return MonarchGenerator(
+        config.generator.generator_config(model_path, seed=config.seed),
+        service=ServiceConfig(replicas=mon.generator_replicas, routing=mon.routing, respawn=mon.respawn,
+                              health_check_interval_s=mon.health_check_interval_s),
+        weight_transport=mon.weight_transport, env=threads,
+    )
 
 
 async def _warm_start(config: AgentGRPOConfig, model_path: str, folder: Path, out: TextIO) -> str:
@@ -293,6 +342,15 @@ async def _env_source(config: AgentGRPOConfig) -> AsyncIterator[Any]:
         factory = resolve_env_factory(spec)
     except EnvSpecError as e:
         raise RunError(f"env={spec}: {e}") from None
+    if config.runtime == "monarch":
+        from forge_env.monarch import MonarchEnvPool
+
+        mon = config.monarch
+        async with MonarchEnvPool(spec, env_kwargs=dict(config.env_kwargs), procs=mon.env_procs,
+                                  sessions_per_proc=mon.sessions_per_env_proc, respawn=mon.respawn,
+                                  health_check_interval_s=mon.health_check_interval_s) as env_procs:
+            yield env_procs
+        return
     if config.env_kwargs:
         import functools
 

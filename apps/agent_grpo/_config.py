@@ -112,13 +112,13 @@ class WarmStartSection(_Section):
     (``guess_number`` today).
 
     >>> WarmStartSection().steps
-    75
+    150
     """
 
     enabled: bool = Field(
         default=True, description="Run the SFT warm start before GRPO (needs an env with a demo policy)."
     )
-    steps: int = Field(default=75, ge=1, description="SFT optimizer steps.")
+    steps: int = Field(default=150, ge=1, description="SFT optimizer steps.")
     episodes_per_step: int = Field(default=16, ge=1, description="Fresh demonstration episodes per SFT step.")
     lr: float = Field(default=3e-3, gt=0, description="SFT learning rate (constant AdamW).")
     expert_prob: float = Field(
@@ -333,14 +333,14 @@ class LearnerSection(_Section):
     """The GRPO learner: optimizer, schedule, batching, device, loss.
 
     >>> LearnerSection().lr
-    0.0005
+    0.001
     """
 
     lr: float = Field(
-        default=5e-4,
+        default=1e-3,
         gt=0,
-        description="Peak AdamW learning rate (tiny model: 1e-3 made repeated GRPO steps on one batch "
-        "collapse, 2e-4..5e-4 stayed stable).",
+        description="Peak AdamW learning rate (tiny model on guess_number: 1e-3 climbed fastest with per-turn "
+        "advantages; 5e-3 collapsed).",
     )
     warmup_steps: int = Field(default=0, ge=0, description="Learner steps of linear LR warmup.")
     lr_schedule: Literal["constant", "cosine"] = Field(
@@ -494,7 +494,7 @@ class OrchestratorSection(_Section):
         default="async",
         description="async: generate while the learner trains; sync: generate, train, push, repeat.",
     )
-    steps: int = Field(default=40, ge=1, description="Learner steps (optimizer updates) of the run.")
+    steps: int = Field(default=80, ge=1, description="Learner steps (optimizer updates) of the run.")
     groups_per_step: int = Field(
         default=16, ge=1, description="Task groups (rollout.group_size episodes each) per learner step."
     )
@@ -540,11 +540,11 @@ class EvalSection(_Section):
     """Held-out evaluation (env seeds 0..episodes-1, never trained on).
 
     >>> EvalSection().episodes
-    128
+    256
     """
 
     episodes: int = Field(
-        default=128,
+        default=256,
         ge=0,
         description="Held-out episodes per evaluation (0: no evaluation; at most 1,000,000).",
     )
@@ -593,6 +593,41 @@ class CheckpointSection(_Section):
     )
 
 
+class MonarchSection(_Section):
+    """``runtime: monarch``: where the parts run as Monarch actors (ignored with ``runtime: local``).
+
+    >>> MonarchSection().generator_replicas
+    2
+    """
+
+    generator_replicas: int = Field(
+        default=2, ge=1, description="Generator replicas, one process each, behind one service."
+    )
+    learner_procs: int = Field(
+        default=1, ge=1, description="Learner processes (FSDP2 over gloo on CPU, NCCL on GPUs)."
+    )
+    env_procs: int = Field(
+        default=1, ge=1, description="Env pool processes (not for docker:IMAGE envs, which run in containers)."
+    )
+    sessions_per_env_proc: int = Field(default=256, ge=1, description="Env sessions one env process serves.")
+    routing: Literal["sticky", "least_loaded", "round_robin"] = Field(
+        default="sticky",
+        description="Generator routing: sticky keeps a multi-turn episode on one replica (prefix cache).",
+    )
+    respawn: bool = Field(default=True, description="Respawn a dead generator replica / env process.")
+    health_check_interval_s: float = Field(
+        default=1.0, gt=0, description="Seconds between replica health checks."
+    )
+    weight_transport: Literal["auto", "rdma", "shm", "message"] = Field(
+        default="auto",
+        description="Learner -> generator weights: auto (RDMA with ibverbs, else /dev/shm on one host, else "
+        "messages), or one of them.",
+    )
+    threads_per_proc: int | None = Field(
+        default=None, ge=1, description="torch threads of each learner/generator process; null: torch's default."
+    )
+
+
 class AgentGRPOConfig(_Section):
     """Everything ``python -m apps.agent_grpo`` needs; the defaults are the CPU default run.
 
@@ -630,8 +665,13 @@ class AgentGRPOConfig(_Section):
         default="runs/agent_grpo", min_length=1, description="Where metrics, checkpoints, config go."
     )
     seed: int = Field(default=0, ge=0, description="Seeds model init, sampling and the buffer.")
-    runtime: Literal["local"] = Field(
-        default="local", description="Where the parts run; only 'local' (one process) today."
+    runtime: Literal["local", "monarch"] = Field(
+        default="local",
+        description="Where the parts run: local (one process; the engine's own subprocess aside) or monarch "
+        "(generator replicas, learner and env pools as Monarch actors in their own processes; see monarch.*).",
+    )
+    monarch: MonarchSection = Field(
+        default_factory=MonarchSection, description="runtime: monarch settings (processes, routing)."
     )
     warm_start: WarmStartSection = Field(default_factory=WarmStartSection, description="SFT warm start.")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="Episodes and sampling.")
@@ -647,15 +687,6 @@ class AgentGRPOConfig(_Section):
     eval: EvalSection = Field(default_factory=EvalSection, description="Held-out evaluation.")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Metrics sinks.")
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="Checkpoints.")
-
-    @field_validator("runtime", mode="before")
-    @classmethod
-    def _only_local(cls, value: Any) -> Any:
-        if value != "local":
-            raise ValueError(
-                f"only 'local' exists today (got {value!r}); multi-host runtimes come in a later release"
-            )
-        return value
 
     @model_validator(mode="after")
     def _cross_field(self) -> AgentGRPOConfig:
@@ -704,6 +735,7 @@ class AgentGRPOConfig(_Section):
                 f"({self.generator.max_model_len} <= {budget}): the replies alone would not fit in the "
                 "context; raise generator.max_model_len or lower rollout.max_tokens"
             )
+        problems += self._env_kwargs_problems()
         if self.warm_start.enabled:
             from apps.sft._demos import DEMO_POLICIES
 
@@ -714,6 +746,32 @@ class AgentGRPOConfig(_Section):
                     "set warm_start.enabled=false"
                 )
         return problems
+
+    def _env_kwargs_problems(self) -> list[str]:
+        """env_kwargs a local env's constructor does not take (default.yaml's guess_number
+        shaping left in place after ``env=`` names another env is the usual case)."""
+        if not self.env_kwargs or self.env.startswith(("http://", "https://", "ws://", "wss://", "docker:")):
+            return []
+        import inspect
+
+        from forge_env.runtime import EnvSpecError, resolve_env_factory
+
+        try:
+            signature = inspect.signature(resolve_env_factory(self.env))
+        except (EnvSpecError, TypeError, ValueError):
+            return []  # an unknown env is reported when the run opens it; no signature: cannot tell
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            return []
+        unknown = sorted(set(self.env_kwargs) - set(signature.parameters))
+        if not unknown:
+            return []
+        takes = ", ".join(n for n, p in signature.parameters.items()
+                          if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)) or "no arguments"
+        return [
+            f"env_kwargs: {self.env} does not take {', '.join(unknown)} (it takes: {takes}); the default "
+            "config's env_kwargs={progress_reward: 0.5} is guess_number's reward shaping: set env_kwargs={} "
+            "(or that env's own arguments)"
+        ]
 
     # -- conversions that need values from several sections ----------------------------------
 
@@ -1048,7 +1106,7 @@ def dump_keys(config: AgentGRPOConfig | None = None) -> list[str]:
     Values are ``config``'s, or the defaults. Each section starts with a ``# section: ...`` line.
 
     >>> [k.split("  #")[0] for k in dump_keys() if k.startswith("learner.lr:")]
-    ['learner.lr: 0.0005']
+    ['learner.lr: 0.001']
     """
     out: list[str] = []
 

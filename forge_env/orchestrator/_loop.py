@@ -291,8 +291,14 @@ class Orchestrator:
 
     async def _push(self) -> float:
         started = time.monotonic()
-        named = await asyncio.to_thread(lambda: list(self.learner.hf_named_tensors()))
-        await self.generator.update_weights(named, version=self.learner.version)
+        push_weights = getattr(self.learner, "push_weights", None)
+        if push_weights is not None:
+            # A learner in other processes sends its weights to the generator's replicas
+            # itself, without routing every tensor through this process.
+            await push_weights(self.generator)
+        else:
+            named = await asyncio.to_thread(lambda: list(self.learner.hf_named_tensors()))
+            await self.generator.update_weights(named, version=self.learner.version)
         return time.monotonic() - started
 
     async def _push_if_behind(self) -> None:

@@ -12,7 +12,7 @@ policy versions, how it ended. :class:`RolloutCollector` runs many at once, G pe
 from __future__ import annotations
 
 from forge_env.rollout._collector import CollectorConfig, CollectorStats, EnvSource, RolloutCollector
-from forge_env.rollout._episode import RolloutConfig, run_episode
+from forge_env.rollout._episode import RolloutConfig, current_episode, run_episode
 from forge_env.rollout._evaluate import EvalResult, evaluate
 from forge_env.rollout._trajectory import (
     FAILURE_REASONS,
@@ -36,6 +36,7 @@ __all__ = [
     "Trajectory",
     "TrajectoryGroup",
     "Turn",
+    "current_episode",
     "evaluate",
     "run_episode",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import time
 from collections.abc import Awaitable
@@ -18,6 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from forge_env.generator._base import Generator
 
 __all__ = ["RolloutConfig", "run_episode"]
+
+current_episode: contextvars.ContextVar[str | None] = contextvars.ContextVar("forge_env_episode", default=None)
+"""The key of the episode :func:`run_episode` is playing in this context (None outside one).
+Generators that spread requests over replicas read it to keep an episode on one replica."""
 
 _T = TypeVar("_T")
 
@@ -112,6 +117,9 @@ async def run_episode(
     config = config or RolloutConfig()
     traj = Trajectory(env_name=env.name, task=task, group_index=group_index)
     started = time.monotonic()
+    # Every generate call of this episode (and of tasks it spawns) sees the same key: a
+    # generator service routes them to one replica (sticky sessions keep its prefix cache warm).
+    key_token = current_episode.set(f"{task.key}#{group_index}@{id(traj):x}")
     try:
         if config.episode_timeout_s is None:
             await _play(agent, env, generator, task, config, traj)
@@ -126,6 +134,8 @@ async def run_episode(
         _fail(traj, e.reason, str(e))
     except InvalidActionError as e:  # only reset can get here (step's are handled per turn)
         _fail(traj, "env_error", f"InvalidActionError: {e}")
+    finally:
+        current_episode.reset(key_token)
     traj.seconds = time.monotonic() - started
     traj.success = _success(traj)
     return traj

@@ -15,6 +15,7 @@ inside its child (``_serve_main``) so a crashing import lands in the child's log
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -365,7 +366,9 @@ def _import_file(path: Path, spec: str) -> Any:
     if not path.is_file():
         raise EnvSpecError(f"{spec!r}: file {path} does not exist")
     path = path.resolve()
-    name = f"_forge_env_spec_{path.stem}_{abs(hash(str(path))):x}"
+    # A digest, not hash(): str hashes differ between processes (PYTHONHASHSEED), and env
+    # processes (Monarch env pools) must name the module as the trainer does to unpickle.
+    name = f"_forge_env_spec_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
     if name in sys.modules:
         return sys.modules[name]
     module_spec = importlib.util.spec_from_file_location(name, path)

@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+
+from conftest import session_processes
 
 from apps.agent_grpo import main
 
@@ -51,17 +52,6 @@ def test_an_existing_run_is_not_overwritten_without_resume(tmp_path: Path,
     assert "--resume" in err and "step_000003" in err
 
 
-def _session_processes(sid: int) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == sid:
-                found.append(proc)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.timeout(1200)
@@ -85,13 +75,13 @@ def test_kill_9_then_resume_finishes_the_run(tmp_path: Path) -> None:
         first.wait(timeout=30)
         # The vLLM engine processes end themselves once their owner is gone.
         deadline = time.monotonic() + 30
-        while (left := _session_processes(first.pid)) and time.monotonic() < deadline:
+        while (left := session_processes(first.pid)) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not left, [p.cmdline() for p in left]
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
-        for proc in _session_processes(first.pid):
+        for proc in session_processes(first.pid):
             proc.kill()
         log.close()
 

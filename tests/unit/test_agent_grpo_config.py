@@ -35,17 +35,23 @@ def _write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
 # -- loading -----------------------------------------------------------------------------------
 
 
-def test_default_file_equals_model_defaults() -> None:
-    assert load_config() == AgentGRPOConfig()
-    assert load_config("default") == AgentGRPOConfig()
+def test_default_file_equals_model_defaults_but_the_guess_number_shaping() -> None:
+    # default.yaml adds what only suits guess_number: its progress reward, credited per turn.
+    assert load_config() == load_config("default")
+    shaped = AgentGRPOConfig().model_copy(update={
+        "env_kwargs": {"progress_reward": 0.5},
+        "advantage": AgentGRPOConfig().advantage.model_copy(update={"mode": "per_turn", "gamma": 0.0}),
+    })
+    assert load_config() == shaped
 
 
 def test_default_is_the_cpu_default_run() -> None:
     cfg = load_config()
     assert (cfg.env, cfg.model, cfg.runtime) == ("guess_number", "tiny", "local")
-    assert cfg.warm_start.enabled and cfg.warm_start.steps == 75 and cfg.warm_start.lr == 3e-3
+    assert cfg.warm_start.enabled and cfg.warm_start.steps == 150 and cfg.warm_start.lr == 3e-3
     assert (cfg.rollout.group_size, cfg.rollout.max_turns, cfg.rollout.max_tokens) == (8, 6, 8)
-    assert cfg.orchestrator.groups_per_step == 16 and cfg.orchestrator.steps == 40
+    assert cfg.orchestrator.groups_per_step == 16 and cfg.orchestrator.steps == 80
+    assert cfg.learner.lr == 1e-3 and cfg.eval.episodes == 256 and cfg.orchestrator.max_minutes == 11
     assert cfg.generator.kind == "vllm" and cfg.generator.kv_cache_bytes == 256 << 20
 
 
@@ -139,7 +145,7 @@ def test_override_mapping_entry_section_merge_and_last_wins() -> None:
             "orchestrator.steps=4",
         ]
     )
-    assert cfg.env_kwargs == {"hi": 32, "lo": 2}
+    assert cfg.env_kwargs == {"progress_reward": 0.5, "hi": 32, "lo": 2}  # merged into default.yaml's
     assert cfg.learner.lr == 2e-4 and cfg.learner.loss.kind == "gspo" and cfg.learner.max_grad_norm == 1.0
     assert cfg.orchestrator.steps == 4
 
@@ -244,9 +250,14 @@ def test_wrong_types_name_the_key() -> None:
     assert "env_kwargs: must be a mapping" in str(_error(overrides=["env_kwargs=3"]))
 
 
-def test_runtime_only_local_today() -> None:
-    message = str(_error(overrides=["runtime=monarch"]))
-    assert "runtime: only 'local' exists today (got 'monarch')" in message
+def test_runtime_monarch_and_its_section() -> None:
+    cfg = load_config(overrides=["runtime=monarch", "monarch.generator_replicas=3", "monarch.routing=least_loaded"])
+    assert (cfg.runtime, cfg.monarch.generator_replicas, cfg.monarch.routing) == ("monarch", 3, "least_loaded")
+    assert load_config().monarch.generator_replicas == 2  # the default section, unused by runtime: local
+    message = str(_error(overrides=["runtime=ray"]))
+    assert "runtime:" in message and "'local'" in message and "'monarch'" in message
+    assert "monarch.generator_replicas" in str(_error(overrides=["runtime=monarch", "monarch.generator_replicas=0"]))
+    assert "monarch.routing" in str(_error(overrides=["monarch.routing=random"]))
 
 
 def test_eval_episodes_stay_below_training_seeds() -> None:
@@ -283,7 +294,7 @@ def test_other_cross_field_rules() -> None:
         _error(overrides=["buffer.capacity=8"])
     )
     assert "learner.warmup_steps: must be < orchestrator.steps" in str(
-        _error(overrides=["learner.warmup_steps=40"])
+        _error(overrides=["learner.warmup_steps=80"])
     )
     assert "generator.max_model_len: must exceed rollout.max_turns * rollout.max_tokens (40 <= 48)" in str(
         _error(overrides=["generator.max_model_len=40"])
@@ -294,7 +305,12 @@ def test_other_cross_field_rules() -> None:
         and "guess_number" in message
         and "warm_start.enabled=false" in message
     )
-    assert load_config(overrides=["env=countdown", "warm_start.enabled=false"]).env == "countdown"
+    assert "env_kwargs: countdown does not take progress_reward" in message and "env_kwargs={}" in message
+    cfg = load_config(overrides=["env=countdown", "warm_start.enabled=false", "env_kwargs={}"])
+    assert cfg.env == "countdown"
+    # guess_number's own arguments pass; a typo in them is named
+    assert load_config(overrides=["env_kwargs.hi=32"]).env_kwargs["hi"] == 32
+    assert "does not take hii" in str(_error(overrides=["env_kwargs.hii=32"]))
 
 
 def test_dr_grpo_with_std_normalisation_is_allowed() -> None:
@@ -394,11 +410,11 @@ def test_dump_keys_lists_every_key_with_description() -> None:
             )
         ]
 
-    assert keys == leaves(AgentGRPOConfig().model_dump()) and len(keys) == 76
+    assert keys == leaves(AgentGRPOConfig().model_dump()) and len(keys) == 85
     for line in lines:
         if not line.startswith("#"):
             assert "  # " in line and not line.endswith("#"), line  # every key has a description
-    assert "orchestrator.steps: 40  # Learner steps (optimizer updates) of the run." in lines
+    assert "orchestrator.steps: 80  # Learner steps (optimizer updates) of the run." in lines
     assert "orchestrator.steps: 3  # Learner steps (optimizer updates) of the run." in dump_keys(
         load_config(overrides=["orchestrator.steps=3"])
     )
