@@ -612,8 +612,10 @@ class MonarchEnvPool:
     async def lease(self) -> AsyncIterator[MonarchEnv]:
         """Open a session in one of the env processes; close it when the block exits.
 
-        >>> async with pool.lease() as env:  # doctest: +SKIP
-        ...     obs, info = await env.reset(seed=3)
+        Example::
+
+            async with pool.lease() as env:
+                obs, info = await env.reset(seed=3)
 
         Raises:
             EnvTimeoutError: no session slot became free within ``lease_timeout``.
