@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from dp_batches import dp_batch
 
 from forge_env.generator import Completion, Generator, SamplingParams, TorchGenerator, TorchGeneratorConfig
 from forge_env.learner import Learner, LearnerConfig, LossConfig
@@ -200,19 +201,6 @@ def test_smollm2_matches_transformers() -> None:
 # --- two processes ----------------------------------------------------------------------------
 
 
-def _dp_batch() -> tuple[list[Trajectory], list[list[float]]]:
-    g = torch.Generator().manual_seed(0)
-    trajs, adv = [], []
-    for i, n in enumerate((12, 20, 7, 16, 9, 14)):
-        ids = torch.randint(3, 1000, (n,), generator=g).tolist()
-        mask = [0] * 4 + [1] * (n - 4)
-        lp = (-3 * torch.rand(n, generator=g)).tolist()
-        trajs.append(Trajectory(env_name="dp", task=Task(seed=i), token_ids=ids,
-                                logprobs=[v * m for v, m in zip(lp, mask)], loss_mask=mask))
-        adv.append([(1.0, -1.0, 0.5, -0.5, 2.0, -2.0)[i] * m for m in mask])
-    return trajs, adv
-
-
 def _dp_worker(rank: int, world: int, init: str, out: str, folder: str, aggregation: Any) -> None:
     import torch.distributed as dist
 
@@ -221,7 +209,7 @@ def _dp_worker(rank: int, world: int, init: str, out: str, folder: str, aggregat
         torch.set_num_threads(1)
         learner = Learner(LearnerConfig(model=folder, lr=1e-3, micro_batch_size=2,
                                         loss=LossConfig(aggregation=aggregation)))
-        trajs, adv = _dp_batch()
+        trajs, adv = dp_batch()
         # Uneven shares: rank 0 runs two micro-batches, rank 1 one (plus an empty one).
         mine = [0, 1, 2, 3] if rank == 0 else [4, 5]
         metrics = learner.train_step([trajs[i] for i in mine], [adv[i] for i in mine])
@@ -246,7 +234,7 @@ def test_two_gloo_processes_take_the_one_process_step(tiny_model_path: str, aggr
         dp = torch.load(out, weights_only=False)
 
     single = Learner(LearnerConfig(model=tiny_model_path, lr=1e-3, loss=LossConfig(aggregation=aggregation)))
-    trajs, adv = _dp_batch()
+    trajs, adv = dp_batch()
     metrics = single.train_step(trajs, adv)
     for key in ("loss/total", "learner/grad_norm", "loss/ratio_mean", "loss/approx_kl"):
         assert dp["metrics"][key] == pytest.approx(metrics[key], rel=1e-4), key

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from dp_batches import dp_batch
 
 from forge_env.generator import SamplingParams, TorchGenerator, TorchGeneratorConfig
 from forge_env.learner import Learner, LearnerConfig
@@ -40,20 +41,6 @@ LOGPROB_TOL = 1e-4
 SHARED_METRICS = ("loss/total", "loss/policy", "loss/kl_ref", "loss/clipfrac_low", "loss/clipfrac_high",
                   "loss/ratio_mean", "loss/ratio_max", "loss/approx_kl", "loss/tokens", "learner/grad_norm",
                   "learner/lr", "learner/step", "learner/version", "learner/sequences", "learner/skipped")
-
-
-def make_batch(seed: int) -> tuple[list[Trajectory], list[list[float]]]:
-    """Six sequences of different lengths, behaviour logprobs off the policy (ratios != 1)."""
-    g = torch.Generator().manual_seed(seed)
-    trajs, adv = [], []
-    for i, n in enumerate((12, 20, 7, 16, 9, 14)):
-        ids = torch.randint(3, 1000, (n,), generator=g).tolist()
-        mask = [0] * 4 + [1] * (n - 4)
-        lp = (-3 * torch.rand(n, generator=g)).tolist()
-        trajs.append(Trajectory(env_name="dp", task=Task(seed=i), token_ids=ids,
-                                logprobs=[v * m for v, m in zip(lp, mask)], loss_mask=mask))
-        adv.append([(1.0, -1.0, 0.5, -0.5, 2.0, -2.0)[i] * m for m in mask])
-    return trajs, adv
 
 
 def config(path: str) -> LearnerConfig:
@@ -98,7 +85,7 @@ def trained(mesh_guard: None, tiny_model_path: str) -> Iterator[dict[str, Any]]:
     try:
         steps = []
         for seed in (0, 1):
-            trajs, adv = make_batch(seed)
+            trajs, adv = dp_batch(seed)
             steps.append((remote.train_step(trajs, adv), local.train_step(trajs, adv)))
         yield {"local": local, "remote": remote, "steps": steps}
     finally:
@@ -129,7 +116,7 @@ def test_two_processes_take_the_one_process_steps(trained: dict[str, Any]) -> No
     print(f"\nMonarchLearner(procs=2) vs Learner after 2 steps: loss {trained['steps'][1][0]['loss/total']:.6f} "
           f"vs {trained['steps'][1][1]['loss/total']:.6f}, max |weight diff| {worst:.1e}")
     assert worst < WEIGHT_TOL
-    trajs, _ = make_batch(5)
+    trajs, _ = dp_batch(5)
     ids = [t.token_ids for t in trajs]
     lp_remote, lp_local = remote.logprobs(ids), local.logprobs(ids)
     assert [len(x) for x in lp_remote] == [len(x) for x in ids]
@@ -140,7 +127,7 @@ def test_two_processes_take_the_one_process_steps(trained: dict[str, Any]) -> No
 @pytest.mark.slow
 def test_bad_input_is_refused_on_every_rank(trained: dict[str, Any]) -> None:
     remote: MonarchLearner = trained["remote"]
-    trajs, adv = make_batch(2)
+    trajs, adv = dp_batch(2)
     bad = Trajectory(env_name="bad", task=Task(), token_ids=[1, 2, 10**7], logprobs=[0.0] * 3, loss_mask=[0, 1, 1])
     version = remote.version
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -162,7 +149,7 @@ def test_checkpoints_move_between_runtimes(trained: dict[str, Any], tiny_model_p
     resumed.load_state_dict(state)
     assert (resumed.step, resumed.version) == (remote.step, remote.version)
     assert max_weight_diff(resumed.hf_named_tensors(), remote.hf_named_tensors()) == 0.0
-    trajs, adv = make_batch(3)
+    trajs, adv = dp_batch(3)
     ours, theirs = remote.train_step(trajs, adv), resumed.train_step(trajs, adv)
     assert_same_metrics(ours, theirs)
     assert max_weight_diff(remote.hf_named_tensors(), resumed.hf_named_tensors()) < WEIGHT_TOL
@@ -181,7 +168,7 @@ def test_checkpoints_move_between_runtimes(trained: dict[str, Any], tiny_model_p
 @pytest.mark.slow
 async def test_push_weights_reaches_a_local_generator(trained: dict[str, Any], tiny_model_path: str) -> None:
     remote: MonarchLearner = trained["remote"]
-    prompts = [t.token_ids[:6] for t in make_batch(4)[0]]
+    prompts = [t.token_ids[:6] for t in dp_batch(4)[0]]
     async with TorchGenerator(TorchGeneratorConfig(model=tiny_model_path, max_model_len=256)) as gen:
         await remote.push_weights(gen)
         assert remote.weight_transport == "tensors"  # a plain Generator: update_weights
@@ -206,9 +193,9 @@ async def test_push_weights_reaches_monarch_generator_replicas(trained: dict[str
     from forge_env.monarch._generator import MonarchGenerator
 
     remote: MonarchLearner = trained["remote"]
-    trajs, adv = make_batch(6)
+    trajs, adv = dp_batch(6)
     remote.train_step(trajs, adv)  # weights no replica has seen
-    prompts = [t.token_ids[:6] for t in make_batch(4)[0]]
+    prompts = [t.token_ids[:6] for t in dp_batch(4)[0]]
     gen = MonarchGenerator(TorchGeneratorConfig(model=tiny_model_path, max_model_len=256),
                            service=ServiceConfig(replicas=2), env={"OMP_NUM_THREADS": "1"})
     async with gen:
@@ -253,7 +240,7 @@ def test_close_leaves_no_process(trained: dict[str, Any]) -> None:
     _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=10)
     assert not alive
     with pytest.raises(RuntimeError, match="closed"):
-        remote.train_step(*make_batch(0))
+        remote.train_step(*dp_batch(0))
 
 
 @pytest.mark.monarch
@@ -269,7 +256,7 @@ def test_a_killed_rank_fails_the_learner_clearly(mesh_guard: None, tiny_model_pa
 
     learner = MonarchLearner(config(tiny_model_path), procs=2, name="test-learner-kill")
     try:
-        trajs, adv = make_batch(0)
+        trajs, adv = dp_batch(0)
         learner.train_step(trajs, adv)
         os.kill(learner.pids[1], signal.SIGKILL)
         started = time.monotonic()
