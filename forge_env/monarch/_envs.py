@@ -47,6 +47,7 @@ from forge_env.env import (
     StepResult,
     ToolSpec,
 )
+from forge_env.runtime._resolve import new_env
 
 if TYPE_CHECKING:  # pragma: no cover
     from forge_env.monarch._service import Service
@@ -165,15 +166,7 @@ class _EnvSessions:
         if self._factory is None:
             assert self._setup_error is not None
             raise self._setup_error
-        env = self._factory()
-        if inspect.isawaitable(env):
-            env = await env
-        if not isinstance(env, AsyncEnv):
-            raise TypeError(
-                f"env factory {self.spec!r} returned {type(env).__name__}, not an AsyncEnv; "
-                "it must return a fresh forge_env.AsyncEnv instance"
-            )
-        return env
+        return await new_env(self._factory, self.spec)
 
     async def describe(self) -> _Reply:
         try:

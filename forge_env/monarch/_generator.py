@@ -79,19 +79,24 @@ def _build_generator(spec: GeneratorSpec) -> Generator:
     )
 
 
-def _read_safetensors(path: str) -> dict[str, "torch.Tensor"]:
-    """Every tensor of a safetensors file, or of all ``*.safetensors`` files of a folder."""
-    from safetensors.torch import load_file
-
+def _safetensors_files(path: str, *, who: str) -> list[Path]:
+    """``path`` itself (a safetensors file) or the ``*.safetensors`` files of the folder ``path``."""
     target = Path(path)
     files = sorted(target.glob("*.safetensors")) if target.is_dir() else [target]
     if not files or not all(f.is_file() for f in files):
         raise GeneratorError(
-            f"no safetensors weights at {path!r}: pass a .safetensors file or a folder holding them "
+            f"{who}: no safetensors weights at {path!r}; pass a .safetensors file or a folder holding them "
             "(e.g. one written by Learner.save_hf), and keep it until the next push"
         )
+    return files
+
+
+def _read_safetensors(path: str) -> dict[str, "torch.Tensor"]:
+    """Every tensor of a safetensors file, or of all ``*.safetensors`` files of a folder."""
+    from safetensors.torch import load_file
+
     tensors: dict[str, torch.Tensor] = {}
-    for file in files:
+    for file in _safetensors_files(path, who="load_weights_from"):
         tensors.update(load_file(str(file)))
     return tensors
 
@@ -515,13 +520,7 @@ class MonarchGenerator(Generator):
         return _Latest(version=version, transport="message", tensors=tensors)
 
     def _keep(self, path: str, version: int) -> str:
-        source = Path(path)
-        files = sorted(source.glob("*.safetensors")) if source.is_dir() else [source]
-        if not files or not all(f.is_file() for f in files):
-            raise GeneratorError(
-                f"load_weights_from: no safetensors weights at {path!r}; pass a .safetensors file or "
-                "a folder holding them (e.g. written by Learner.save_hf)"
-            )
+        files = _safetensors_files(path, who="load_weights_from")
         target = self._version_dir(version)
         for file in files:
             try:

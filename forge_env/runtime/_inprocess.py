@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from forge_env.env import AsyncEnv
 from forge_env.runtime._base import BaseRuntime
-from forge_env.runtime._resolve import EnvFactory, resolve_env_factory
+from forge_env.runtime._resolve import EnvFactory, new_env, resolve_env_factory
 
 __all__ = ["InProcessRuntime"]
 
@@ -55,13 +54,6 @@ class InProcessRuntime(BaseRuntime):
 
     async def _session(self) -> AsyncEnv[Any, Any]:
         assert self._factory is not None
-        env = self._factory()
-        if inspect.isawaitable(env):
-            env = await env
-        if not isinstance(env, AsyncEnv):
-            raise TypeError(
-                f"env factory {self.spec!r} returned {type(env).__name__}, not an AsyncEnv; "
-                "it must return a fresh forge_env.AsyncEnv instance"
-            )
+        env = await new_env(self._factory, self.spec)
         self.sessions_opened += 1
         return env

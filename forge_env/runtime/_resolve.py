@@ -31,12 +31,27 @@ from forge_env.env import AsyncEnv, EnvMetadata
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
 
-__all__ = ["EnvFactory", "EnvSpecError", "resolve_env_factory", "resolve_app", "builtin_envs"]
+__all__ = ["EnvFactory", "EnvSpecError", "new_env", "resolve_env_factory", "resolve_app", "builtin_envs"]
 
 logger = logging.getLogger(__name__)
 
 EnvFactory = Callable[[], AsyncEnv[Any, Any]]
 """A zero-argument callable returning a fresh env: an AsyncEnv subclass or a function."""
+
+
+
+async def new_env(factory: Callable[[], Any], spec: Any) -> AsyncEnv[Any, Any]:
+    """Call ``factory`` (sync or async) and check it made an AsyncEnv; ``spec`` names it in the error."""
+    env = factory()
+    if inspect.isawaitable(env):
+        env = await env
+    if not isinstance(env, AsyncEnv):
+        raise TypeError(
+            f"env factory {spec!r} returned {type(env).__name__}, not an AsyncEnv; "
+            "it must return a fresh forge_env.AsyncEnv instance"
+        )
+    return env
+
 
 _MANIFEST = "openenv.yaml"
 _DEFAULT_APP = "server.app:app"
