@@ -66,8 +66,12 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
     """
     from transformers import AutoTokenizer
 
-    from forge_env.checkpoint import CheckpointConfig, Checkpointer
+    from forge_env.buffer import ReplayBuffer
+    from forge_env.checkpoint import CheckpointConfig, Checkpointer, rng_state, set_rng_state
     from forge_env.models import resolve_model
+    from forge_env.orchestrator import Orchestrator
+    from forge_env.rollout import RolloutCollector
+    from forge_env.tracking import RunTracker, TrackingConfig
 
     out = out or sys.stdout
     started = time.monotonic()
@@ -91,35 +95,19 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
 
     # 2. Components: tokenizer + agent, envs, learner, generator, buffer, collector, loop.
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    learner = _build_learner(config, model_path, out)
-    try:
-        return await _train(config, learner, model_path, tokenizer, latest, checkpointer, root, started,
-                            resume=resume, out=out)
-    finally:
-        close = getattr(learner, "close", None)
-        if close is not None:  # a MonarchLearner's processes
-            await asyncio.to_thread(close)
-
-
-async def _train(config: AgentGRPOConfig, learner: Any, model_path: str, tokenizer: Any, latest: Any,
-                 checkpointer: Any, root: Path, started: float, *, resume: bool, out: TextIO) -> TrainResult:
-    from forge_env.buffer import ReplayBuffer
-    from forge_env.checkpoint import rng_state, set_rng_state
-    from forge_env.orchestrator import Orchestrator
-    from forge_env.rollout import RolloutCollector
-    from forge_env.tracking import RunTracker, TrackingConfig
-
     state: dict[str, Any] = {}
     if resume and latest is not None:
         step, state = checkpointer.load(latest)
-        learner.load_state_dict(state["learner"])
-        set_rng_state(state["rng"])
-        _say(out, f"resuming from {latest} (learner step {step}, policy version {learner.version})")
     elif resume:
         _say(out, f"--resume: no checkpoint in {root / 'checkpoints'} yet; starting the run from step 0")
     run_state: dict[str, Any] = dict(state.get("run", {}))
 
-    async with _env_source(config) as envs, _build_generator(config, model_path) as generator:
+    async with (_learner(config, model_path, out) as learner, _env_source(config) as envs,
+                _build_generator(config, model_path) as generator):
+        if state:
+            learner.load_state_dict(state["learner"])
+            set_rng_state(state["rng"])
+            _say(out, f"resuming from {latest} (learner step {step}, policy version {learner.version})")
         agent = await _make_agent(config, tokenizer, envs)
         buffer = ReplayBuffer(config.buffer.buffer_config(config.seed))
         collector = RolloutCollector(agent, generator, envs, config.rollout.collector_config())
@@ -221,22 +209,28 @@ async def _train(config: AgentGRPOConfig, learner: Any, model_path: str, tokeniz
     return TrainResult(output_dir=root, steps=loop.step, baseline=baseline, final=final, summary=summary)
 
 
-def _build_learner(config: AgentGRPOConfig, model_path: str, out: TextIO) -> Any:
+@asynccontextmanager
+async def _learner(config: AgentGRPOConfig, model_path: str, out: TextIO) -> AsyncIterator[Any]:
     """The GRPO learner: in this process, or (``runtime: monarch``) across ``monarch.learner_procs``
-    Monarch processes behind the same interface."""
+    Monarch processes behind the same interface, closed (its processes stopped) on exit."""
     learner_config = config.learner.learner_config(
         model_path, total_steps=config.orchestrator.steps, temperature=config.rollout.temperature,
         seed=config.seed, max_completion_tokens=config.rollout.max_turns * config.rollout.max_tokens)
     if config.runtime == "local":
         from forge_env.learner import Learner
 
-        return Learner(learner_config)
+        yield Learner(learner_config)
+        return
     from forge_env.monarch import MonarchLearner
 
     _say(out, f"runtime monarch: learner on {config.monarch.learner_procs} process(es), "
               f"{config.monarch.generator_replicas} generator replica(s), {config.monarch.env_procs} env process(es)")
-    return MonarchLearner(learner_config, procs=config.monarch.learner_procs,
-                          threads_per_proc=config.monarch.threads_per_proc)
+    learner = MonarchLearner(learner_config, procs=config.monarch.learner_procs,
+                             threads_per_proc=config.monarch.threads_per_proc)
+    try:
+        yield learner
+    finally:
+        await asyncio.to_thread(learner.close)
 
 
 def _build_generator(config: AgentGRPOConfig, model_path: str) -> Any:
