@@ -132,6 +132,7 @@ def loss_normalizer(mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
     every :func:`policy_loss` call of the step: the micro-batch losses then add up to the
     loss of the whole global batch.
 
+    >>> import torch
     >>> loss_normalizer(torch.tensor([[1, 1, 0], [0, 0, 0]]), LossConfig(kind="dapo"))
     tensor(2.)
     >>> loss_normalizer(torch.tensor([[1, 1, 0], [0, 0, 0]]), LossConfig())
@@ -155,6 +156,7 @@ def policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The policy loss of one (micro-)batch and its diagnostics.
 
+    >>> import torch
     >>> lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     >>> loss, metrics = policy_loss(lp, lp.detach(), torch.tensor([[1.0, 1.0]]),
     ...                             torch.tensor([[1, 1]]), LossConfig())
