@@ -15,8 +15,11 @@ Why the settings below (facts of torchtitan 0.3.0):
 
 - Attention is ``ScaledDotProductAttention`` (causal). torchtitan's ``get_attention_config``
   refuses "sdpa" for language models because its dataloaders pack documents; we never pack
-  (one sequence per row, right padding), so a plain causal mask is exact, and FlexAttention
-  has no backward on CPU.
+  documents side by side (one sequence per row, right padding), so a plain causal mask is
+  exact, and FlexAttention has no backward on CPU. A subclass adds one thing: given a
+  :class:`TreeMask` (``attention_masks=``) it attends along a prefix tree, which
+  :func:`pack_sequences` builds so that sequences sharing a prefix (a GRPO group's prompt)
+  compute it once; without a mask it is torchtitan's causal SDPA, unchanged.
 - Tied embeddings: ``Decoder.__init__`` ties ``tok_embeddings.weight`` to ``lm_head.weight``,
   but ``to_empty()`` after a meta-device build gives each module its own parameter again;
   ``init_states()`` re-ties them (and fills the RoPE caches), so it runs before loading.
@@ -31,11 +34,13 @@ Why the settings below (facts of torchtitan 0.3.0):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,7 +50,8 @@ from torch import nn
 if TYPE_CHECKING:  # pragma: no cover
     from torchtitan.protocols.state_dict_adapter import BaseStateDictAdapter
 
-__all__ = ["Family", "HFShape", "TitanModel", "read_hf_shape"]
+__all__ = ["Family", "HFShape", "PackedSequences", "TitanModel", "TreeMask", "pack_sequences", "read_hf_shape",
+           "select_output_rows"]
 
 
 Family = Literal["qwen3", "llama3"]
@@ -183,7 +189,6 @@ def read_hf_shape(path: str | os.PathLike[str], *, max_seq_len: int | None = Non
 def _titan_config(shape: HFShape) -> Any:
     """The torchtitan model config (``Qwen3Model.Config`` / ``Llama3Model.Config``) of ``shape``."""
     from torchtitan.models.common import ComplexRoPE, CosSinRoPE, Embedding, Linear, RMSNorm
-    from torchtitan.models.common.attention import ScaledDotProductAttention
     from torchtitan.models.common.config_utils import make_ffn_config, make_gqa_config
     from torchtitan.models.common.param_init import skip_param_init
 
@@ -225,7 +230,8 @@ def _titan_config(shape: HFShape) -> Any:
                 head_dim=shape.head_dim,
                 wqkv_param_init=skip,
                 wo_param_init=skip,
-                inner_attention=ScaledDotProductAttention.Config(),
+                # torchtitan's causal SDPA, plus the prefix-tree mask of packed batches.
+                inner_attention=_tree_attention_class().Config(),
                 # Separate wq/wk/wv: the fused variant exposes them only through state-dict
                 # hooks, which torch.distributed.checkpoint's get/set_state_dict cannot resolve.
                 fuse_qkv=False,
@@ -249,6 +255,310 @@ def _titan_config(shape: HFShape) -> Any:
         lm_head=Linear.Config(in_features=shape.dim, out_features=shape.vocab_size, param_init=skip),
         layers=layers,
     )
+
+
+# --- prefix-tree packing ------------------------------------------------------------------------
+#
+# A GRPO batch is groups of episodes of one task: every episode of a group starts with the same
+# prompt, and multi-turn episodes often share their first turns too. Under causal attention the
+# hidden state at position t depends only on tokens[:t + 1], so two sequences with a common
+# prefix have identical hidden states along it. Packing the batch as a prefix tree (a radix
+# tree: each segment is a run of tokens shared by the same sequences) computes each distinct
+# prefix once: the token-wise layers (projections, MLP, norms: almost all of the compute) run
+# on the tree's nodes, one flat row without padding, and attention lets each node see exactly
+# its ancestors (the sequence before it), at its position in the sequence (RoPE). Gradients of
+# a shared node are the sum over the sequences through it, as in the unpacked batch.
+
+# Attention rows are grouped into buckets of similar shape; a bucket computes its padded
+# [rows, width, keys] block. A bucket may grow while its padded area stays under this factor of
+# the real one (plus _BUCKET_FREE query-key pairs, so that small segments share a call).
+_BUCKET_SLACK = 1.5
+_BUCKET_FREE = 8192
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _TreeBucket:
+    """Attention for a set of tree segments, padded to one shape (n rows)."""
+
+    queries: torch.Tensor
+    """[n, W] flat node ids of each segment's own tokens (padding: 0)."""
+    keys: torch.Tensor
+    """[n, K] flat node ids of the segment's ancestors (in sequence order), then its own tokens."""
+    mask: torch.Tensor
+    """[n, 1, W, K] bool: every ancestor, and own tokens up to the query (causal)."""
+    valid: torch.Tensor | None
+    """Indices of the real queries in the [n * W] rows (None: no padding); they are the
+    bucket's nodes in flat order."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TreeMask:
+    """Who attends to whom in a :class:`PackedSequences` row: pass it as ``attention_masks``.
+
+    Built by :func:`pack_sequences`; the learner's attention modules read it.
+
+    >>> packed = pack_sequences([[1, 2, 3], [1, 2, 4]])
+    >>> isinstance(packed.tree, TreeMask), len(packed.tree.buckets) >= 1
+    (True, True)
+    """
+
+    buckets: tuple[_TreeBucket, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PackedSequences:
+    """Token sequences packed as a prefix tree: each distinct prefix appears once.
+
+    ``model(tokens, positions=positions, attention_masks=tree)`` runs the whole batch as one
+    row of :attr:`num_tokens` nodes; node ``node_ids(i, [t])[0]`` holds the hidden state of
+    sequence ``i`` at position ``t`` (what predicts its token ``t + 1``).
+
+    >>> packed = pack_sequences([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7, 8]])
+    >>> packed.num_tokens                      # 5 6 shared, then 7 8 (twice) and 9
+    5
+    >>> packed.node_ids(0, [0, 1, 3]) == packed.node_ids(2, [0, 1, 3])
+    True
+    >>> packed.tokens[0, packed.node_ids(1, [2])].tolist(), packed.positions[0, packed.node_ids(1, [2])].tolist()
+    ([9], [2])
+    """
+
+    tokens: torch.Tensor
+    """[1, N] token id of each node."""
+    positions: torch.Tensor
+    """[1, N] position of each node in its sequences (RoPE)."""
+    tree: TreeMask
+    """The attention pattern (``attention_masks=``)."""
+    paths: tuple[tuple[tuple[int, int, int], ...], ...]
+    """Per sequence, its segments from the root: ``(first position, length, first node id)``."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Nodes of the tree: the positions the model runs on."""
+        return int(self.tokens.shape[1])
+
+    def node_ids(self, index: int, positions: Sequence[int]) -> list[int]:
+        """Flat node ids of sequence ``index`` at ``positions`` (ascending)."""
+        out: list[int] = []
+        path = self.paths[index]
+        seg = 0
+        for t in positions:
+            while t >= path[seg][0] + path[seg][1]:
+                seg += 1
+            start, _, base = path[seg]
+            out.append(base + t - start)
+        return out
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def pack_sequences(
+    sequences: Sequence[Sequence[int]], *, device: str | torch.device = "cpu"
+) -> PackedSequences:
+    """Pack token sequences as a prefix tree (see :class:`PackedSequences`).
+
+    Deterministic: the same sequences (in any order) give the same tree, nodes and buckets.
+
+    >>> pack_sequences([[1, 2, 3], [1, 2, 4], [7]]).num_tokens
+    5
+
+    Raises:
+        ValueError: a sequence is empty.
+    """
+    seqs = [list(s) for s in sequences]
+    if any(not s for s in seqs):
+        raise ValueError("pack_sequences needs non-empty sequences")
+    n = len(seqs)
+    order = sorted(range(n), key=lambda i: (seqs[i], i))
+    adjacent = [_lcp(seqs[order[k]], seqs[order[k + 1]]) for k in range(n - 1)]
+
+    # Segments of the radix tree: (start position, tokens, parent segment or -1), parents first.
+    seg_start: list[int] = []
+    seg_tokens: list[list[int]] = []
+    seg_parent: list[int] = []
+    end_segment = [-1] * n
+    # Ranges [lo, hi) of ``order`` that share their first ``depth`` tokens, under ``parent``.
+    stack = [(0, n, 0, -1)] if n else []
+    while stack:
+        lo, hi, depth, parent = stack.pop()
+        first = seqs[order[lo]]
+        shared = len(first) if hi - lo == 1 else min(adjacent[lo:hi - 1])
+        seg = parent
+        if shared > depth:
+            seg = len(seg_start)
+            seg_start.append(depth)
+            seg_tokens.append(first[depth:shared])
+            seg_parent.append(parent)
+        i = lo
+        while i < hi and len(seqs[order[i]]) == shared:  # prefixes sort first: they end here
+            end_segment[order[i]] = seg
+            i += 1
+        children = []
+        while i < hi:
+            j = i + 1
+            while j < hi and adjacent[j - 1] > shared:  # same token at position `shared`
+                j += 1
+            children.append((i, j, shared, seg))
+            i = j
+        stack.extend(reversed(children))
+
+    # Buckets of similar (width, keys) shape; nodes are numbered bucket by bucket, so the
+    # attention outputs concatenated in bucket order are already in node order.
+    widths = [len(t) for t in seg_tokens]
+    keys_n = [s + w for s, w in zip(seg_start, widths)]
+    by_shape = sorted(range(len(widths)), key=lambda s: (-widths[s], -keys_n[s], s))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    w_max = k_max = area = 0
+    for s in by_shape:
+        w, k = widths[s], keys_n[s]
+        new_w, new_k = max(w_max, w), max(k_max, k)
+        if current and (len(current) + 1) * new_w * new_k > _BUCKET_SLACK * (area + w * k) + _BUCKET_FREE:
+            groups.append(current)
+            current, new_w, new_k, area = [], w, k, 0
+        current.append(s)
+        w_max, k_max, area = new_w, new_k, area + w * k
+    if current:
+        groups.append(current)
+    base = [0] * len(widths)
+    next_id = 0
+    for group in groups:
+        for s in group:
+            base[s] = next_id
+            next_id += widths[s]
+    # Key lists: the parent's keys, then the segment's own nodes (segments come parents first).
+    seg_keys: list[list[int]] = []
+    for s in range(len(widths)):
+        own = list(range(base[s], base[s] + widths[s]))
+        seg_keys.append((seg_keys[seg_parent[s]] if seg_parent[s] >= 0 else []) + own)
+
+    tokens = [0] * next_id
+    positions = [0] * next_id
+    for s in range(len(widths)):
+        tokens[base[s]:base[s] + widths[s]] = seg_tokens[s]
+        positions[base[s]:base[s] + widths[s]] = range(seg_start[s], seg_start[s] + widths[s])
+    dev = torch.device(device)
+    buckets = []
+    for group in groups:
+        w_max = max(widths[s] for s in group)
+        k_max = max(keys_n[s] for s in group)
+        queries = torch.tensor([list(range(base[s], base[s] + widths[s])) + [0] * (w_max - widths[s])
+                                for s in group], dtype=torch.long)
+        keys = torch.tensor([seg_keys[s] + [0] * (k_max - keys_n[s]) for s in group], dtype=torch.long)
+        # Query i of a segment starting at position A sees keys 0 .. A + i (its ancestors, then
+        # its own tokens causally); padded queries see all of the segment's keys, never an
+        # empty row (NaN).
+        ancestors = torch.tensor([seg_start[s] for s in group], dtype=torch.int32).view(-1, 1)
+        last = torch.tensor([widths[s] - 1 for s in group], dtype=torch.int32).view(-1, 1)
+        limit = ancestors + torch.minimum(torch.arange(w_max, dtype=torch.int32).view(1, -1), last)
+        mask = torch.arange(k_max, dtype=torch.int32).view(1, 1, -1) <= limit.unsqueeze(-1)
+        valid = None
+        if any(widths[s] != w_max for s in group):
+            valid = torch.tensor([r * w_max + i for r, s in enumerate(group) for i in range(widths[s])],
+                                 dtype=torch.long, device=dev)
+        buckets.append(_TreeBucket(queries=queries.to(dev), keys=keys.to(dev), mask=mask.unsqueeze(1).to(dev),
+                                   valid=valid))
+
+    paths = []
+    for i in range(n):
+        chain = []
+        s = end_segment[i]
+        while s >= 0:
+            chain.append((seg_start[s], widths[s], base[s]))
+            s = seg_parent[s]
+        paths.append(tuple(reversed(chain)))
+    return PackedSequences(
+        tokens=torch.tensor([tokens], dtype=torch.long, device=dev),
+        positions=torch.tensor([positions], dtype=torch.long, device=dev),
+        tree=TreeMask(buckets=tuple(buckets)),
+        paths=tuple(paths),
+    )
+
+
+def _tree_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tree: TreeMask, *, scale: float | None, enable_gqa: bool
+) -> torch.Tensor:
+    """Attention along the prefix tree: [1, N, H, D] queries, [1, N, Hkv, D] keys/values."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # Fused kernels that take an explicit mask: flash on CPU, memory-efficient on CUDA.
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    q0, k0, v0 = q[0], k[0], v[0]
+
+    def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        # index_select, not x[index]: its backward (index_add) is ~8x faster on CPU than
+        # advanced indexing's (index_put with accumulate).
+        return x.index_select(0, index.flatten()).unflatten(0, index.shape).transpose(1, 2)
+
+    outs = []
+    for bucket in tree.buckets:
+        qb = rows(q0, bucket.queries)                               # [n, H, W, D]
+        kb = rows(k0, bucket.keys)                                  # [n, Hkv, K, D]
+        vb = rows(v0, bucket.keys)
+        with sdpa_kernel(backends, set_priority=True):
+            ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bucket.mask, scale=scale,
+                                                enable_gqa=enable_gqa)
+        ob = ob.transpose(1, 2).flatten(0, 1)                       # [n * W, H, D]
+        outs.append(ob if bucket.valid is None else ob.index_select(0, bucket.valid))
+    return torch.cat(outs).unsqueeze(0)                              # [1, N, H, D]
+
+
+@functools.cache
+def _tree_attention_class() -> Any:
+    """torchtitan's ``ScaledDotProductAttention`` that also takes a :class:`TreeMask` (built
+    on first use: torchtitan is imported lazily)."""
+    from torchtitan.models.common.attention import ScaledDotProductAttention
+
+    class TreeAttention(ScaledDotProductAttention):
+        """Causal SDPA (torchtitan's, unchanged), or prefix-tree attention given a TreeMask."""
+
+        @dataclasses.dataclass(kw_only=True, slots=True)
+        class Config(ScaledDotProductAttention.Config):
+            pass
+
+        def forward(self, q_BLNH: torch.Tensor, k_BLNH: torch.Tensor, v_BLNH: torch.Tensor, *,
+                    attention_masks: Any = None, scale: float | None = None, enable_gqa: bool = False,
+                    is_causal: bool = True, **kwargs: Any) -> torch.Tensor:
+            if isinstance(attention_masks, TreeMask):
+                return _tree_attention(q_BLNH, k_BLNH, v_BLNH, attention_masks, scale=scale,
+                                       enable_gqa=enable_gqa)
+            return super().forward(q_BLNH, k_BLNH, v_BLNH, attention_masks=attention_masks, scale=scale,
+                                   enable_gqa=enable_gqa, is_causal=is_causal, **kwargs)
+
+    return TreeAttention
+
+
+@contextlib.contextmanager
+def select_output_rows(model: nn.Module, rows: torch.Tensor) -> Iterator[None]:
+    """Within the block, ``model(...)`` applies its output head only to the hidden states at
+    flat indices ``rows`` of ``[B * L]`` and returns ``[len(rows), vocab]`` logits.
+
+    Saves the head (and the softmax after it) at every position whose logits are not used;
+    a forward pre-hook on ``lm_head`` runs inside the model's forward, so FSDP's hooks and
+    gradients are as usual.
+
+    Example::
+
+        with select_output_rows(tm.model, torch.tensor([0, 2])):
+            logits = tm.model(torch.tensor([[1, 2, 3]]))        # [2, vocab]: positions 0 and 2
+    """
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        hidden = args[0]
+        return (hidden.flatten(0, -2).index_select(0, rows), *args[1:])
+
+    head = model.get_submodule("lm_head")
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _adapter(shape: HFShape, titan_config: Any) -> BaseStateDictAdapter:

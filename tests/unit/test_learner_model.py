@@ -233,12 +233,23 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_path: str, aggreg
 
 
 def test_micro_batch_tokens_limits_padded_tokens(tiny_model_path: str) -> None:
-    learner = Learner(LearnerConfig(model=tiny_model_path, micro_batch_tokens=40))
+    learner = Learner(LearnerConfig(model=tiny_model_path, micro_batch_tokens=40, layout="padded"))
     trajs = trajectories(sequences())
     metrics = learner.train_step(trajs, advantages(trajs))
     # In order: [12, 20] pads to 2 x 20 = 40; [7, 16] to 2 x 16 = 32.
     assert metrics["learner/micro_batches"] == 2
     assert metrics["learner/padded_tokens"] == 40 + 32
+
+
+def test_micro_batch_tokens_limits_packed_tokens(tiny_model_path: str) -> None:
+    learner = Learner(LearnerConfig(model=tiny_model_path, micro_batch_tokens=30))
+    trajs = trajectories(sequences())
+    metrics = learner.train_step(trajs, advantages(trajs))
+    # Packed inputs stop before each last (loss) token: 11, 19, 6, 15 tokens, no shared
+    # prefixes, no padding. In token order (first ids 14, 660, 731, 990: 15, 6, 11, 19
+    # tokens) at most 30 tree nodes per micro-batch: [15 + 6] and [11 + 19].
+    assert metrics["learner/padded_tokens"] == 11 + 19 + 6 + 15
+    assert metrics["learner/micro_batches"] == 2
 
 
 def test_loss_normalizer_scales_the_gradient(tiny_model_path: str) -> None:
