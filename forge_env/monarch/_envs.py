@@ -47,6 +47,7 @@ from forge_env.env import (
     StepResult,
     ToolSpec,
 )
+from forge_env.monarch._hosts import HostsConfig
 from forge_env.runtime._resolve import new_env
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -487,6 +488,9 @@ class MonarchEnvPool:
         lease_timeout: seconds ``lease()`` waits for a free slot, None without limit.
         call_timeout_s: deadline of one actor call (None: the rollout's step deadline rules).
         name: the Service's name (in logs, metrics and errors).
+        hosts: where the env processes run (a :class:`~forge_env.monarch._hosts.HostsConfig`):
+            None or local = this host; with worker hosts, process ``i`` runs on host
+            ``i % n_hosts`` (the env's code must be installed there).
     """
 
     def __init__(
@@ -501,6 +505,7 @@ class MonarchEnvPool:
         call_timeout_s: float | None = None,
         health_check_interval_s: float = 1.0,
         name: str = "envs",
+        hosts: HostsConfig | None = None,
     ) -> None:
         if procs < 1:
             raise ValueError(f"procs must be >= 1, got {procs}")
@@ -519,6 +524,7 @@ class MonarchEnvPool:
         self.call_timeout_s = call_timeout_s
         self.health_check_interval_s = health_check_interval_s
         self.name = name
+        self.hosts = hosts if hosts is not None else HostsConfig()
         self._service: Service[EnvPoolActor] | None = None
         self._proxy_class: type[MonarchEnv] | None = None
         self._description: _EnvDescription | None = None
@@ -570,6 +576,7 @@ class MonarchEnvPool:
                 max_retries=0,
                 health_check_interval_s=self.health_check_interval_s,
                 call_timeout_s=self.call_timeout_s,
+                hosts=self.hosts,
             )
             service = await Service.start(
                 EnvPoolActor, self.env_spec, self.env_kwargs, config=config, name=self.name

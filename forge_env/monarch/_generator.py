@@ -14,9 +14,12 @@ Weight transport (``MonarchGenerator(weight_transport=...)``; which one ran is i
 - ``rdma``: one flat buffer registered with Monarch's RDMA (``monarch.rdma.RDMABuffer``); each
   replica reads it straight from the pusher's memory. ``auto`` picks it when ibverbs RDMA
   hardware is present.
-- ``shm``: the weights are written once as safetensors under /dev/shm; each replica on this
-  host reads the file (a memory copy). ``auto`` picks it otherwise: the replicas are local.
-- ``message``: the tensors travel pickled in the call, once per replica.
+- ``shm``: the weights are written once as safetensors under /dev/shm (or ``weights_dir``); each
+  replica reads the file (a memory copy). ``auto`` picks it otherwise when the replicas can
+  read this machine's files: they run on this host, or ``weights_dir`` is given (with worker
+  hosts, it must be on a filesystem every host mounts).
+- ``message``: the tensors travel pickled in the call, once per replica. ``auto`` picks it for
+  replicas on other hosts (``ServiceConfig.hosts``) without a shared ``weights_dir``.
 """
 
 from __future__ import annotations
@@ -281,11 +284,15 @@ class MonarchGenerator(Generator):
         weight_transport: ``auto`` (RDMA with ibverbs hardware, else /dev/shm, else
             messages), or one of ``rdma``, ``shm``, ``message``.
         weights_dir: parent of the folder holding pushed weights (``shm`` transport and the
-            latest weights kept for respawns); None = /dev/shm, else the temp dir.
+            latest weights kept for respawns); None = /dev/shm, else the temp dir. With replicas
+            on other hosts (``service.hosts``), a folder on a filesystem they all mount makes
+            ``auto`` use it (``shm``); without one, weights travel as messages.
         env: environment variables of the replicas' processes (e.g. ``OMP_NUM_THREADS``).
 
     Raises:
         GeneratorError: ``spec.model`` is not a model folder.
+        ValueError: ``weight_transport="shm"`` with replicas on other hosts and no shared
+            ``weights_dir``.
     """
 
     def __init__(
@@ -302,6 +309,12 @@ class MonarchGenerator(Generator):
             raise ValueError(f"weight_transport must be one of {get_args(WeightTransport)}, got {weight_transport!r}")
         self.spec = spec
         self.service_config = service or ServiceConfig(replicas=2, routing="sticky")
+        if weight_transport == "shm" and weights_dir is None and not self.service_config.hosts.on_this_machine():
+            raise ValueError(
+                "weight_transport='shm' writes the weights under this machine's /dev/shm, which replicas on "
+                "other hosts (service.hosts) cannot read: give weights_dir= a folder every host mounts, or "
+                "use weight_transport='auto' (messages, or RDMA where there is hardware)"
+            )
         self.name = name
         self._folder = read_model_folder(spec.model, who=type(spec).__name__)
         self._requested_transport = weight_transport
@@ -384,7 +397,10 @@ class MonarchGenerator(Generator):
                 return "rdma"
         except Exception as e:  # an RDMA-less build of Monarch
             logger.debug("no Monarch RDMA: %s", e)
-        # Service spawns its replicas on this host, so a file in memory reaches them all.
+        if not self.service_config.hosts.on_this_machine():
+            # Replicas on other hosts read a file of ours only from a folder they all mount.
+            return "shm" if self._weights_base is not None else "message"
+        # The replicas run on this machine, so a file in memory reaches them all.
         return "shm" if os.path.isdir("/dev/shm") else "message"
 
     async def _start_replica(self, replica: Replica) -> None:

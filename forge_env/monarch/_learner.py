@@ -1,4 +1,4 @@
-"""The learner across several processes of one Monarch proc mesh (FSDP2, gloo or NCCL).
+"""The learner across several Monarch processes, on this host or on worker hosts (FSDP2, gloo or NCCL).
 
 :class:`MonarchLearner` stands in for :class:`~forge_env.learner.Learner` wherever the
 orchestrator or the app uses one (``train_step``, ``version``, ``state_dict``, ``save_hf``, ...).
@@ -16,6 +16,11 @@ How a step flows::
                                        forward/backward per micro-batch, global normaliser,
                                        FSDP reduce-scatter, AdamW
                        <-- metrics --- rank 0's metrics (loss terms already all-reduced)
+
+With ``hosts`` (worker hosts, :class:`~forge_env.monarch._hosts.HostsConfig`) the ranks are
+spread over the hosts (:func:`~forge_env.monarch._hosts.spread`: consecutive ranks on one
+host); rank 0's process picks a free port on its host and the rendezvous address is rank 0's
+worker host name (``MASTER_ADDR``), unless ``master_addr`` says otherwise.
 
 Checkpoints are full, not sharded: :meth:`MonarchLearner.state_dict` returns exactly what a
 one-process ``Learner.state_dict()`` returns, so a run can resume with another ``procs`` count
@@ -46,7 +51,8 @@ from monarch.actor import Actor, endpoint
 
 from forge_env._exceptions import ForgeEnvError
 from forge_env.learner._learner import Learner, LearnerConfig
-from forge_env.monarch._mesh import install_fault_hook, reap, spawn_procs, stop_procs
+from forge_env.monarch._hosts import Hosts, HostsConfig, machine_id, spread
+from forge_env.monarch._mesh import install_fault_hook, reap, spawn_procs
 from forge_env.rollout._trajectory import Task, Trajectory
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,6 +107,11 @@ class _RankSetup:
     master_addr: str
     master_port: int
     threads: int | None
+    """torch threads; None: on CPU, the host's cores divided by ``local_world``, on GPU torch's default."""
+    local_rank: int | None = None
+    """Index among the ranks on its host; None: ``rank`` (one host)."""
+    local_world: int = 1
+    """Ranks on its host."""
 
 
 def _slim(traj: Trajectory) -> Trajectory:
@@ -177,14 +188,19 @@ class _RankLearner:
         self.rank = setup.rank
         self.world = setup.world
         cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-        local_rank = setup.rank % max(1, torch.cuda.device_count()) if cuda else setup.rank
+        on_host = setup.rank if setup.local_rank is None else setup.local_rank
+        local_rank = on_host % max(1, torch.cuda.device_count()) if cuda else on_host
         os.environ.update({
             "MASTER_ADDR": setup.master_addr, "MASTER_PORT": str(setup.master_port), "RANK": str(setup.rank),
             "WORLD_SIZE": str(setup.world), "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(setup.local_world),
         })
-        if setup.threads is not None:
+        threads = setup.threads
+        if threads is None and not cuda:
+            threads = max(1, _cores() // setup.local_world)  # this host's cores, shared by its ranks
+        if threads is not None:
             # N learner processes on one CPU: torch's default (all cores each) oversubscribes it.
-            torch.set_num_threads(setup.threads)
+            torch.set_num_threads(threads)
         self.backend = "nccl" if cuda else "gloo"
         if setup.world > 1:
             dist.init_process_group(self.backend, init_method="env://", rank=setup.rank, world_size=setup.world,
@@ -193,7 +209,8 @@ class _RankLearner:
 
     def info(self) -> dict[str, Any]:
         return {
-            "pid": os.getpid(), "host": socket.gethostname(), "device": str(self.learner.device),
+            "pid": os.getpid(), "host": socket.gethostname(), "machine": machine_id(),
+            "device": str(self.learner.device),
             "backend": self.backend if self.world > 1 else "none", "max_seq_len": self.learner.max_seq_len,
             "threads": torch.get_num_threads(), "step": self.learner.step, "version": self.learner.version,
             "lr": self.learner.lr,
@@ -305,6 +322,11 @@ class LearnerActor(Actor):
         return self._rank
 
     @endpoint
+    def free_port(self) -> int:
+        """A TCP port free on this rank's host (rank 0's: the process group's rendezvous)."""
+        return _free_port()
+
+    @endpoint
     def setup(self, config: LearnerConfig, setup: _RankSetup) -> dict[str, Any]:
         self._rank = _RankLearner(config, setup)
         return self._rank.info()
@@ -348,8 +370,9 @@ class LearnerActor(Actor):
 
 
 def _free_port() -> int:
+    # Any interface: the rendezvous (TCPStore) listens on all of them.
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return int(s.getsockname()[1])
 
 
@@ -370,7 +393,7 @@ def _in_event_loop() -> bool:
 
 
 class MonarchLearner:
-    """A :class:`~forge_env.learner.Learner` over ``procs`` processes of a local Monarch mesh.
+    """A :class:`~forge_env.learner.Learner` over ``procs`` Monarch processes (this host or worker hosts).
 
     Same interface as the local Learner for everything the orchestrator and the app use:
     :attr:`version`, :attr:`step`, :attr:`lr`, :attr:`max_seq_len`, :attr:`config`,
@@ -395,14 +418,19 @@ class MonarchLearner:
         threads_per_proc: torch threads of each rank; None: on CPU, this machine's cores
             divided by ``procs`` (at least 1), so the ranks do not fight over cores; on GPU,
             torch's default.
-        master_addr: address of rank 0 for the process group's rendezvous; the default
-            suits the local mesh this class spawns.
+        master_addr: address of rank 0 for the process group's rendezvous (``MASTER_ADDR``);
+            None: 127.0.0.1 on this host, rank 0's worker host name with ``hosts``. The port is
+            picked free on rank 0's host.
         weights_dir: where :meth:`push_weights` writes weight folders for generators that
             load from a path; None: a fresh folder under ``/dev/shm`` (shared memory) when it
             exists, else the temp dir. The generator's processes must see it (same host, or a
             shared filesystem).
         call_timeout_s: most seconds one call (a step, a checkpoint) may take; None: no limit.
             A call past it counts as a failure (:class:`LearnerProcessError`).
+        hosts: where the ranks run: None or local = this host; worker hosts: ranks spread over
+            them (:func:`~forge_env.monarch._hosts.spread`), consecutive ranks per host. Their
+            processes must reach each other (gloo/NCCL; set ``GLOO_SOCKET_IFNAME`` /
+            ``NCCL_SOCKET_IFNAME`` in the workers' environment when hosts have several networks).
 
     Raises:
         FileNotFoundError, ValueError, RuntimeError: a rank could not build its Learner (no
@@ -418,9 +446,10 @@ class MonarchLearner:
         procs: int = 2,
         name: str = "learner",
         threads_per_proc: int | None = None,
-        master_addr: str = "127.0.0.1",
+        master_addr: str | None = None,
         weights_dir: str | os.PathLike[str] | None = None,
         call_timeout_s: float | None = None,
+        hosts: HostsConfig | None = None,
     ) -> None:
         if procs < 1:
             raise ValueError(f"MonarchLearner needs procs >= 1, got {procs}")
@@ -451,32 +480,64 @@ class MonarchLearner:
         self._weights_root = Path(weights_dir) if weights_dir is not None else None
         self._own_weights_root = False
 
-        cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-        if threads_per_proc is None and cpu:
-            threads_per_proc = max(1, _cores() // procs)
+        self.hosts = hosts if hosts is not None else HostsConfig()
+        self._meshes: list[Any] = []  # one proc mesh per host used
+        self._actors: list[Any] = []  # the LearnerActor mesh on each
+        self._ranks: list[Any] = []  # one actor per rank, rank order
+        self._local_pids: list[int] = []  # ranks on this machine: safe to signal
         install_fault_hook()
         started = time.perf_counter()
-        self._procs: Any = spawn_procs(procs, name=name)
         try:
-            self._actor: Any = self._procs.spawn("learner", LearnerActor)
-            self._ranks: list[Any] = [self._actor.slice(procs=r) for r in range(procs)]
-            port = _free_port()
-            infos = self._call("setup", [
-                (config, _RankSetup(rank=r, world=procs, master_addr=master_addr, master_port=port,
-                                    threads=threads_per_proc)) for r in range(procs)
-            ], what="starting the learner")
+            setups = self._spawn(procs, name, threads_per_proc, master_addr, config)
+            infos = self._call("setup", [(config, setup) for setup in setups], what="starting the learner")
         except BaseException:
             self._stop()
             raise
         self.pids = [int(info["pid"]) for info in infos]
+        here = machine_id()
+        self._local_pids = [int(info["pid"]) for info in infos if info.get("machine") == here]
         self.rank_info: list[dict[str, Any]] = infos
-        """Per rank: ``pid``, ``host``, ``device``, ``backend``, ``threads``."""
+        """Per rank: ``pid``, ``host``, ``machine``, ``device``, ``backend``, ``threads``."""
         self._max_seq_len = int(infos[0]["max_seq_len"])
         self._step, self._version, self._lr = int(infos[0]["step"]), int(infos[0]["version"]), float(infos[0]["lr"])
         self.start_seconds = time.perf_counter() - started
         """Seconds from spawning the processes to every rank holding its Learner."""
         logger.info("learner on %d process(es) (%s, %s) started in %.1f s", procs, infos[0]["device"],
                     infos[0]["backend"], self.start_seconds)
+
+    def _spawn(self, procs: int, name: str, threads: int | None, master_addr: str | None,
+               config: LearnerConfig) -> list[_RankSetup]:
+        """Spawn the ranks' processes and actors (this host, or spread over worker hosts);
+        return each rank's setup."""
+        if self.hosts.local:
+            cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+            if threads is None and cpu:
+                threads = max(1, _cores() // procs)
+            mesh = spawn_procs(procs, name=name)
+            self._meshes.append(mesh)
+            self._actors.append(mesh.spawn("learner", LearnerActor))
+            self._ranks = [self._actors[0].slice(procs=r) for r in range(procs)]
+            port = _free_port()
+            return [_RankSetup(rank=r, world=procs, master_addr=master_addr or "127.0.0.1", master_port=port,
+                               threads=threads) for r in range(procs)]
+        hosts = self._blocking(lambda: Hosts.attach(self.hosts, name=name))
+        placed: list[tuple[int, int]] = []  # (local rank, ranks on that host) per rank
+        for host, count in enumerate(spread(procs, hosts.n)):
+            if count == 0:
+                continue
+            mesh = spawn_procs(count, name=f"{name}-host{host}", hosts=hosts, host=host)
+            self._meshes.append(mesh)
+            actor = mesh.spawn("learner", LearnerActor)
+            self._actors.append(actor)
+            self._ranks += [actor.slice(procs=k) for k in range(count)]
+            placed += [(k, count) for k in range(count)]
+        # Rank 0 runs on host 0: its host name and a port free there are the rendezvous.
+        port = int(self._blocking(lambda: self._ranks[0].free_port.call_one().get()))
+        addr = master_addr or hosts.host_name(0)
+        logger.info("learner ranks on hosts %s (ranks per host %s); rendezvous %s:%d", list(hosts.addresses),
+                    spread(procs, hosts.n), addr, port)
+        return [_RankSetup(rank=r, world=procs, master_addr=addr, master_port=port, threads=threads,
+                           local_rank=k, local_world=n) for r, (k, n) in enumerate(placed)]
 
     # --- counters (cached from rank 0's last answer: reading them costs no call) -------------
 
@@ -593,7 +654,8 @@ class MonarchLearner:
     def save_hf(self, path: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
         """Write an HF folder (safetensors, config, tokenizer) that transformers and vLLM load.
 
-        Rank 0 writes it, on its host: with this class's local mesh, this machine."""
+        Rank 0 writes it, on its host: this machine without ``hosts``; with worker hosts, host 0
+        (give a path on a filesystem this machine shares with it to read it here)."""
         target = os.fspath(Path(path).expanduser().absolute())
         return Path(self._call("save_hf", [(target, dtype)] * self.procs, what="save_hf")[0])
 
@@ -634,13 +696,17 @@ class MonarchLearner:
         load that path, so no tensor passes through this process
         (:attr:`weight_transport` ``shared_folder``). The folder is deleted once
         ``load_weights_from`` returns (MonarchGenerator keeps a hard-linked copy for the
-        replicas it respawns). Any other generator gets
+        replicas it respawns). With worker hosts (``hosts``), only when ``weights_dir`` was given
+        (a folder every host mounts). Any other generator gets
         ``update_weights(hf_named_tensors(), version)`` (``tensors``), which a MonarchGenerator
         set to ``rdma`` or ``message`` sends over that transport.
         """
         started = time.perf_counter()
         load_from = getattr(generator, "load_weights_from", None)
-        if load_from is not None and getattr(generator, "weight_transport", "shm") == "shm":
+        # Rank 0 writes the folder on its host: the generator finds it there only on this machine,
+        # or under a weights_dir given for a filesystem the hosts share.
+        shared = self.hosts.on_this_machine() or self._weights_root is not None
+        if load_from is not None and shared and getattr(generator, "weight_transport", "shm") == "shm":
             folder, version = await asyncio.to_thread(self._write_weights)
             try:
                 await load_from(str(folder), version)
@@ -692,17 +758,32 @@ class MonarchLearner:
         self._blocking(self._stop)
 
     def _stop(self) -> None:
-        procs = getattr(self, "_procs", None)
-        if procs is None:
+        meshes, self._meshes = list(getattr(self, "_meshes", [])), []
+        if not meshes:
             return
-        if self._broken is None and getattr(self, "_actor", None) is not None and self.pids:
+        if self._broken is None and self._actors and self.pids:
+            calls = [actor.shutdown.call() for actor in self._actors]
+            for call in calls:
+                try:
+                    call.get(timeout=10.0)
+                except Exception as e:  # a dead or stuck rank: the stop below ends it anyway
+                    logger.debug("learner shutdown: %s", e)
+        # All at once; a broken learner's mesh may sit on a dead host, whose stop only times out.
+        timeout = 10.0 if self._broken is not None else 30.0
+        stops = []
+        for mesh in meshes:
             try:
-                self._actor.shutdown.call().get(timeout=10.0)
-            except Exception as e:  # a dead or stuck rank: the stop below ends it anyway
-                logger.debug("learner shutdown: %s", e)
-        stop_procs(procs)
-        self._procs = None
-        reap(self.pids, grace_s=5.0)
+                stops.append(mesh.stop())
+            except Exception as e:  # already stopped
+                logger.debug("stopping a learner mesh: %s", e)
+        deadline = time.monotonic() + timeout
+        for stop in stops:
+            try:
+                stop.get(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as e:  # already dead / already stopped / a dead host: nothing left to wait for
+                logger.debug("stopping a learner mesh: %s", e)
+        # Only this machine's pids: another host's pid numbers would name our own processes.
+        reap(self._local_pids, grace_s=5.0)
         if self._own_weights_root and self._weights_root is not None:
             shutil.rmtree(self._weights_root, ignore_errors=True)
 
@@ -813,8 +894,13 @@ class MonarchLearner:
         else:
             detail = f"{type(error).__name__}: {error}"
         user = os.environ.get("USER", "$USER")
+        silent = [r for r in range(len(futures)) if r not in errors and r not in results]
+        # A rank on a dead host is reported by Monarch only after about a minute; its peers'
+        # collectives fail at once (connection reset): name the silent ranks as the likely cause.
+        hint = (f" Ranks {silent} did not answer within {_GRACE_S:g} s: their process or host may be gone."
+                if silent and not dead else "")
         return LearnerProcessError(
-            f"MonarchLearner: rank {cause} of {self.procs} failed in {what}: {detail[:1000]}. "
+            f"MonarchLearner: rank {cause} of {self.procs} failed in {what}: {detail[:1000]}.{hint} "
             f"The learner is unusable now: close() it and start a new one from the last checkpoint "
             f"(the ranks' tracebacks are in this process's log and in /tmp/{user}/monarch_log.log)."
         )

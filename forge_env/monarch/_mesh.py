@@ -6,8 +6,9 @@ Three things every Monarch user of forge-env needs, in one place:
   ``sys.exit(1)`` in the caller when any process of any mesh dies). Ours logs the failure and
   drops it: the calls on the dead process raise (``SupervisionError``), and the caller — a
   :class:`~forge_env.monarch.Service`, a test — decides what to do.
-- :func:`spawn_procs` starts ``n`` processes on this host with extra environment variables,
-  after the supervision settings below are in place.
+- :func:`spawn_procs` starts ``n`` processes on this host (or on one host of an attached
+  :class:`~forge_env.monarch._hosts.Hosts`) with extra environment variables, after the
+  supervision settings below are in place.
 - :class:`ProcGroup` (from :func:`start_procs`) owns a mesh and knows its pids, so that
   :meth:`ProcGroup.stop` leaves no process behind, even one that the mesh's own stop missed
   (a vLLM engine core a dead actor started, say).
@@ -23,6 +24,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +45,8 @@ except ImportError as _e:  # pragma: no cover - the message names the fix
 
 if TYPE_CHECKING:  # pragma: no cover
     from monarch.actor import ProcMesh
+
+    from forge_env.monarch._hosts import Hosts
 
 __all__ = [
     "SUPERVISION_POLL_ENV",
@@ -116,13 +120,18 @@ def quiet_faults() -> Iterator[None]:
             _monarch.unhandled_fault_hook = previous
 
 
-def spawn_procs(n: int, *, name: str, env: Mapping[str, str] | None = None) -> "ProcMesh":
-    """Spawn ``n`` Python processes on this host as one Monarch ``ProcMesh`` (dimension ``procs``).
+def spawn_procs(
+    n: int, *, name: str, env: Mapping[str, str] | None = None, hosts: Hosts | None = None, host: int = 0
+) -> "ProcMesh":
+    """Spawn ``n`` Python processes on one host as one Monarch ``ProcMesh`` (dimension ``procs``).
 
     A thin wrapper over ``this_host().spawn_procs(per_host={"procs": n})`` that first installs
     our fault hook and the supervision poll setting, and puts ``env`` into the processes'
     environment (on top of ours, which they inherit). The processes start in the background;
     the first call on an actor spawned on them waits for them (~0.2-0.4 s for two here).
+
+    With ``hosts`` (attached workers), the processes start on host ``host % hosts.n`` instead;
+    they inherit that worker's environment, and ``env`` is set in them before any actor starts.
 
     Example::
 
@@ -135,6 +144,8 @@ def spawn_procs(n: int, *, name: str, env: Mapping[str, str] | None = None) -> "
         n: number of processes (>= 1).
         name: the mesh's name in Monarch's logs (``/tmp/$USER/monarch_log.log``).
         env: extra environment variables for the processes.
+        hosts: attached worker hosts (:meth:`Hosts.attach`); None: this host.
+        host: which of ``hosts`` (taken modulo their number).
 
     Raises:
         ValueError: ``n < 1``.
@@ -142,6 +153,13 @@ def spawn_procs(n: int, *, name: str, env: Mapping[str, str] | None = None) -> "
     if n < 1:
         raise ValueError(f"spawn_procs needs n >= 1 processes, got {n}")
     install_fault_hook()
+    if hosts is not None:
+        from forge_env.monarch._hosts import set_env
+
+        # The worker's bootstrap command (its own Python) is kept: a command of ours would name
+        # this machine's interpreter path, which the host may not have.
+        setup = functools.partial(set_env, dict(env)) if env else None
+        return hosts.mesh(host).spawn_procs(per_host={"procs": n}, name=name, bootstrap=setup)
     command = None
     if env:
         command = _monarch.default_bootstrap_cmd().with_env({str(k): str(v) for k, v in env.items()})
@@ -191,14 +209,22 @@ class ProcProbe(Actor):
     async def ping(self) -> int:
         return os.getpid()
 
+    @endpoint
+    async def where(self) -> tuple[int, str, str]:
+        """``(pid, host name, machine id)``: where this process runs."""
+        from forge_env.monarch._hosts import machine_id
+
+        return os.getpid(), socket.gethostname(), machine_id()
+
 
 class ProcGroup:
-    """A local proc mesh, its pids, and a :meth:`stop` that leaves no process behind.
+    """A proc mesh, its pids, and a :meth:`stop` that leaves no process behind.
 
     Use :func:`start_procs` to make one. Each process runs a tiny probe actor that answers
     :meth:`ping` with its pid: the group knows its pids without help from the user's actors,
     and :meth:`stop` ends any process (and child process) still alive after the mesh's own
-    stop.
+    stop. On another machine (a worker host), pids are that machine's: :meth:`stop` then relies
+    on the mesh's stop and on the worker, which ends its processes when this client goes.
 
     Example::
 
@@ -208,11 +234,19 @@ class ProcGroup:
             await group.ping(timeout_s=5)  # raises if a process died
     """
 
-    def __init__(self, procs: "ProcMesh", *, name: str, n: int) -> None:
+    def __init__(self, procs: "ProcMesh", *, name: str, n: int, host: int | None = None,
+                 address: str | None = None) -> None:
         self.procs = procs
         self.name = name
         self.n = n
         self.pids: list[int] = []
+        self.host = host
+        """Index of the worker host the processes run on; None: this host (``this_host()``)."""
+        self.address = address
+        """That worker's address; None: this host."""
+        self.local = host is None
+        """The pids are this machine's (signalling them is safe); learnt by :meth:`locate`."""
+        self.hostname = socket.gethostname() if host is None else ""
         self._probe: Any = procs.spawn("forge_env_probe", ProcProbe)
         self._stopped = False
 
@@ -222,6 +256,17 @@ class ProcGroup:
         pids = [int(pid) for _, pid in values.items()]
         self.pids = pids
         return pids
+
+    async def locate(self, *, timeout_s: float = 10.0) -> None:
+        """Learn where the processes run (:attr:`hostname`, :attr:`local`, :attr:`pids`)."""
+        from forge_env.monarch._hosts import machine_id
+
+        values = await asyncio.wait_for(_await(self._probe.where.call()), timeout=timeout_s)
+        places = [place for _, place in values.items()]
+        self.pids = [int(pid) for pid, _, _ in places]
+        self.hostname = places[0][1]
+        here = machine_id()
+        self.local = all(machine == here for _, _, machine in places)
 
     @property
     def stopped(self) -> bool:
@@ -234,8 +279,9 @@ class ProcGroup:
             return
         self._stopped = True
         started = time.perf_counter()
-        doomed = _with_descendants(self.pids)
-        if self.pids and not any(_alive(pid) for pid in self.pids):
+        # Another machine's pids must not be signalled here: they would name our own processes.
+        doomed = _with_descendants(self.pids) if self.local else []
+        if self.local and self.pids and not any(_alive(pid) for pid in self.pids):
             # Every process is dead already. Monarch's stop of such a mesh usually returns at
             # once but was seen to hang until its timeout (30 s): do not wait long for it.
             timeout_s = min(timeout_s, 2.0)
@@ -253,26 +299,40 @@ class ProcGroup:
 
 
 async def start_procs(
-    n: int, *, name: str, env: Mapping[str, str] | None = None, timeout_s: float = 60.0
+    n: int, *, name: str, env: Mapping[str, str] | None = None, timeout_s: float = 60.0,
+    hosts: Hosts | None = None, host: int = 0,
 ) -> ProcGroup:
     """:func:`spawn_procs`, then wait until every process answers; returns a :class:`ProcGroup`.
 
+    With ``hosts``, on host ``host % hosts.n`` of them (see :func:`spawn_procs`).
+
     Raises:
         ForgeEnvError: the processes did not come up within ``timeout_s`` (the message
-            points at Monarch's log).
+            points at Monarch's log, and names the worker host if there is one).
     """
-    procs = spawn_procs(n, name=name, env=env)
-    group = ProcGroup(procs, name=name, n=n)
+    procs = spawn_procs(n, name=name, env=env, hosts=hosts, host=host)
+    where = None if hosts is None else hosts.address(host)
+    group = ProcGroup(procs, name=name, n=n, host=None if hosts is None else host % hosts.n, address=where)
     try:
-        await group.ping(timeout_s=timeout_s)
+        if hosts is None:
+            await group.ping(timeout_s=timeout_s)
+        else:
+            await group.locate(timeout_s=timeout_s)
     except BaseException as e:
         await group.stop(grace_s=0.5)
         user = os.environ.get("USER", "$USER")
+        on = "" if where is None else f" on the worker {where} (is it still running?)"
+        late = f" within {timeout_s:.0f} s" if isinstance(e, TimeoutError) else ""
         raise ForgeEnvError(
-            f"the {n} processes of mesh {name!r} did not start within {timeout_s:.0f} s "
-            f"({type(e).__name__}: {e}); see /tmp/{user}/monarch_log.log"
+            f"the {n} processes of mesh {name!r} did not start{on}{late} "
+            f"({type(e).__name__}: {_one_line(e)}); see /tmp/{user}/monarch_log.log"
         ) from e
     return group
+
+
+def _one_line(error: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _with_descendants(pids: list[int]) -> list[int]:

@@ -1,7 +1,7 @@
 """Service: N replicas of one Monarch actor class behind one handle (Monarch has no such layer).
 
-Each replica is the actor spawned on its own local proc mesh (``procs_per_replica``
-processes). The Service routes calls (round robin, least loaded, or sticky by session key),
+Each replica is the actor spawned on its own proc mesh (``procs_per_replica`` processes), on
+this host or, with ``ServiceConfig.hosts``, on worker host ``index % n_hosts``. The Service routes calls (round robin, least loaded, or sticky by session key),
 watches the replicas (a probe actor per process answers pings; a call that finds its
 replica's process dead counts too), retries a call whose replica died on a healthy one, and
 respawns dead replicas in the background; an ``on_respawn`` hook (e.g. "load the latest
@@ -20,14 +20,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
 
 from forge_env._exceptions import ForgeEnvError
+from forge_env.monarch._hosts import HostsConfig, replica_host
 
 if TYPE_CHECKING:  # pragma: no cover
+    from forge_env.monarch._hosts import Hosts
     from forge_env.monarch._mesh import ProcGroup
 
 __all__ = [
@@ -102,6 +105,9 @@ class ServiceConfig:
     """Extra environment variables of the replicas' processes."""
     max_sessions: int = 100_000
     """Sticky routing remembers this many session keys (least recently used are dropped)."""
+    hosts: HostsConfig = dataclasses.field(default_factory=HostsConfig)
+    """Where the replicas run: this host (default), or Monarch workers on other hosts (replica
+    ``i`` on host ``i % n_hosts``; a respawn whose first try fails moves on to the next host)."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -127,6 +133,11 @@ class ServiceConfig:
             raise ValueError(f"ServiceConfig.respawn_attempts must be >= 1, got {self.respawn_attempts}")
         if self.max_sessions < 1:
             raise ValueError(f"ServiceConfig.max_sessions must be >= 1, got {self.max_sessions}")
+        if not isinstance(self.hosts, HostsConfig):
+            raise TypeError(
+                f"ServiceConfig.hosts must be a HostsConfig, got {self.hosts!r}; build one with "
+                "HostsConfig(workers=(...)) or HostsConfig.parse(value)"
+            )
 
 
 # --- routing: plain bookkeeping, tested without processes ----------------------------------------
@@ -211,6 +222,11 @@ class Replica:
         self.generation = generation
         """0 for the first spawn of this slot, +1 per respawn."""
         self.group = group
+        self.host: int | None = getattr(group, "host", None)
+        """The worker host (index into ``ServiceConfig.hosts``) it runs on; None: this host."""
+        self.died = asyncio.Event()
+        """Set when the Service declares this replica dead: calls still waiting on it stop
+        waiting (a dead host's processes can take a minute to be reported by Monarch)."""
         self.actor = actor
         """The Monarch actor mesh (``procs_per_replica`` actors)."""
         self._procs = procs
@@ -231,11 +247,37 @@ class Replica:
         return next(iter(values.values()))
 
     def __repr__(self) -> str:
-        return f"<Replica {self.index} gen {self.generation} pids {self.pids}>"
+        where = "" if self.host is None else f" on host {self.host} ({getattr(self.group, 'address', '')})"
+        return f"<Replica {self.index} gen {self.generation} pids {self.pids}{where}>"
 
 
 async def _await(future: Any) -> Any:
     return await future
+
+
+async def _unless_dead(replica: Replica, call: Awaitable[Any], timeout: float | None) -> Any:
+    """Await ``call``; stop waiting once ``replica`` is declared dead (:class:`_ReplicaFailure`)
+    or ``timeout`` passes (TimeoutError). A call on a replica whose host died is answered by
+    Monarch only after about a minute; the health check finds the death sooner."""
+    if replica.died.is_set():
+        if inspect.iscoroutine(call):
+            call.close()  # never started: no "never awaited" warning
+        raise _ReplicaFailure(f"replica {replica.index} was declared dead before the call")
+    task = asyncio.ensure_future(call)
+    died = asyncio.ensure_future(replica.died.wait())
+    try:
+        done, _ = await asyncio.wait({task, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        died.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    if died in done:
+        raise _ReplicaFailure(f"replica {replica.index} was declared dead during the call")
+    raise TimeoutError
 
 
 def _is_app_error(error: BaseException) -> bool:
@@ -302,6 +344,8 @@ class Service(Generic[ActorT]):
         self._health_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()  # stops of given-up replicas
         self._starting: dict[int, ProcGroup] = {}  # processes of replicas not up yet
+        self._hosts: Hosts | None = None  # attached worker hosts; None: this host
+        self._attempt: dict[int, int] = {}  # slot -> try of its running respawn (1 = its own host)
         self._changed = asyncio.Event()  # set whenever a slot changes state
         self._stopped = False
         self._down_since: list[float] = [0.0] * config.replicas
@@ -350,6 +394,10 @@ class Service(Generic[ActorT]):
             actor_cls, args, kwargs, config=config or ServiceConfig(), name=name or actor_cls.__name__,
             on_start=on_start, on_respawn=on_respawn,
         )
+        if not service.config.hosts.local:
+            from forge_env.monarch._hosts import Hosts
+
+            service._hosts = await asyncio.to_thread(Hosts.attach, service.config.hosts, name=service.name)
         results = await asyncio.gather(
             *(service._spawn(i, generation=0) for i in range(service.config.replicas)), return_exceptions=True
         )
@@ -408,8 +456,12 @@ class Service(Generic[ActorT]):
         from forge_env.monarch._mesh import start_procs
 
         cfg = self.config
+        hosts = self._hosts
+        # Replica i on host i % n; a retried respawn tries the next hosts (its own may be gone).
+        host = 0 if hosts is None else replica_host(index + self._attempt.get(index, 1) - 1, hosts.n)
         group = await start_procs(
-            cfg.procs_per_replica, name=f"{self.name}-{index}", env=cfg.env, timeout_s=cfg.start_timeout_s
+            cfg.procs_per_replica, name=f"{self.name}-{index}", env=cfg.env, timeout_s=cfg.start_timeout_s,
+            hosts=hosts, host=host,
         )
         self._starting[index] = group  # so that stop() ends these processes from here on
         try:
@@ -438,6 +490,7 @@ class Service(Generic[ActorT]):
         if self._stopped or self._replicas[i] is not replica or self._state[i] != "healthy":
             return  # already handled, or a newer generation serves this slot
         self._slots[i].healthy = False
+        replica.died.set()
         self._last_error[i] = why
         self._down_since[i] = time.monotonic()
         self._m["replica_deaths"] += 1
@@ -458,9 +511,11 @@ class Service(Generic[ActorT]):
         await dead.group.stop(grace_s=1.0)
         delay = 1.0
         for attempt in range(1, self.config.respawn_attempts + 1):
+            self._attempt[i] = attempt
             try:
                 await self._spawn(i, generation=dead.generation + 1)
             except asyncio.CancelledError:
+                self._attempt.pop(i, None)
                 raise
             except BaseException as e:
                 self._last_error[i] = f"respawn attempt {attempt} failed: {type(e).__name__}: {e}"
@@ -470,11 +525,13 @@ class Service(Generic[ActorT]):
                     await asyncio.sleep(delay)
                     delay *= 2
                 continue
+            self._attempt.pop(i, None)
             self._m["respawns"] += 1
             self._last_respawn_s = time.monotonic() - started
             self._last_down_s = time.monotonic() - self._down_since[i]
             self._respawn_tasks.pop(i, None)
             return
+        self._attempt.pop(i, None)
         self._state[i] = "failed"
         self._respawn_tasks.pop(i, None)
         self._changed.set()
@@ -491,7 +548,11 @@ class Service(Generic[ActorT]):
         except asyncio.CancelledError:
             raise
         except BaseException as e:
-            self._mark_dead(replica, f"health check failed: {type(e).__name__}: {_first_line(e)}")
+            why = (f"no answer to a ping within health_timeout_s={self.config.health_timeout_s:g} s"
+                   if isinstance(e, TimeoutError) else f"{type(e).__name__}: {_first_line(e)}")
+            address = getattr(replica.group, "address", None)
+            where = "" if address is None else f" on {address}"
+            self._mark_dead(replica, f"health check failed{where}: {why}")
             return False
         return True
 
@@ -589,9 +650,9 @@ class Service(Generic[ActorT]):
         """One try on one replica; a dead replica raises :class:`_ReplicaFailure`."""
         timeout = self.config.call_timeout_s
         try:
-            if timeout is None:
-                return await replica.call(endpoint, *args, **kwargs)
-            return await asyncio.wait_for(replica.call(endpoint, *args, **kwargs), timeout)
+            return await _unless_dead(replica, replica.call(endpoint, *args, **kwargs), timeout)
+        except _ReplicaFailure:
+            raise
         except TimeoutError as e:
             if await self._check(replica):
                 raise ServiceTimeoutError(
