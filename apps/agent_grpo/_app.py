@@ -66,7 +66,6 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
     """
     from transformers import AutoTokenizer
 
-    from forge_env.buffer import ReplayBuffer
     from forge_env.checkpoint import CheckpointConfig, Checkpointer, rng_state, set_rng_state
     from forge_env.models import resolve_model
     from forge_env.orchestrator import Orchestrator
@@ -103,19 +102,19 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
     run_state: dict[str, Any] = dict(state.get("run", {}))
 
     async with (_learner(config, model_path, out) as learner, _env_source(config) as envs,
-                _build_generator(config, model_path) as generator):
+                _build_generator(config, model_path) as generator, _buffer(config, out) as buffer,
+                _reference(config, model_path, out) as reference, _reward_workers(config, out) as rewards):
         if state:
             learner.load_state_dict(state["learner"])
             set_rng_state(state["rng"])
             _say(out, f"resuming from {latest} (learner step {step}, policy version {learner.version})")
         agent = await _make_agent(config, tokenizer, envs)
-        buffer = ReplayBuffer(config.buffer.buffer_config(config.seed))
         collector = RolloutCollector(agent, generator, envs, config.rollout.collector_config())
         loop = Orchestrator(learner=learner, generator=generator, collector=collector, buffer=buffer,
                             config=config.orchestrator.orchestrator_config(),
-                            advantage=config.advantage.advantage_config())
+                            advantage=config.advantage.advantage_config(), reference=reference, rewards=rewards)
         if "orchestrator" in state:
-            loop.load_state_dict(state["orchestrator"])
+            await loop.load_state_dict(state["orchestrator"])
         else:  # a new run: metrics of an earlier attempt that never checkpointed go
             (root / "metrics.jsonl").unlink(missing_ok=True)
             (root / "wandb_run_id.txt").unlink(missing_ok=True)
@@ -148,6 +147,9 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
                 tokens += report["throughput/completion_tokens"]
                 # Requests, weight pushes and (runtime: monarch) replica deaths, respawns, retries.
                 report.update({k: v for k, v in generator.metrics.items() if isinstance(v, (int, float))})
+                for part in (reference, rewards):  # the reference policy's / reward workers' own metrics
+                    if part is not None:
+                        report.update(part.metrics())
                 tracker.log(step, report)
                 run_state["train_seconds"] = train_before + time.monotonic() - train_started
                 run_state["completion_tokens"] = tokens
@@ -158,7 +160,7 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
                         tracker.log(step, _eval_metrics(result), kind="eval")
                 if config.checkpoint.every and step % config.checkpoint.every == 0 and not last:
                     path = checkpointer.save(step, {
-                        "learner": learner.state_dict(), "orchestrator": loop.state_dict(),
+                        "learner": learner.state_dict(), "orchestrator": await loop.state_dict(),
                         "rng": rng_state(), "run": run_state,
                     })
                     tracker.print(f"checkpoint {path}")
@@ -185,6 +187,8 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
                 "mode": config.orchestrator.mode,
                 "runtime": config.runtime,
                 "generator": dict(generator.metrics),
+                "reference": None if reference is None else reference.metrics(),
+                "reward_fn": None if rewards is None else rewards.metrics(),
                 "wall_seconds": time.monotonic() - started,
                 "train_seconds": train_seconds,
                 "tokens_per_s": tokens / train_seconds if train_seconds else 0.0,
@@ -192,7 +196,7 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
                 "output_dir": str(root),
                 "hf_path": None if hf_path is None else str(hf_path),
                 "plot_path": None,
-                "buffer": buffer.stats(),
+                "buffer": await loop.buffer.stats(),
                 "collector": collector.stats.to_dict(),
             }
     if config.logging.plot and (root / "metrics.jsonl").exists():
@@ -209,13 +213,17 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
     return TrainResult(output_dir=root, steps=loop.step, baseline=baseline, final=final, summary=summary)
 
 
+def _learner_config(config: AgentGRPOConfig, model_path: str) -> Any:
+    return config.learner.learner_config(
+        model_path, total_steps=config.orchestrator.steps, temperature=config.rollout.temperature,
+        seed=config.seed, max_completion_tokens=config.rollout.max_turns * config.rollout.max_tokens)
+
+
 @asynccontextmanager
 async def _learner(config: AgentGRPOConfig, model_path: str, out: TextIO) -> AsyncIterator[Any]:
     """The GRPO learner: in this process, or (``runtime: monarch``) across ``monarch.learner_procs``
     Monarch processes behind the same interface, closed (its processes stopped) on exit."""
-    learner_config = config.learner.learner_config(
-        model_path, total_steps=config.orchestrator.steps, temperature=config.rollout.temperature,
-        seed=config.seed, max_completion_tokens=config.rollout.max_turns * config.rollout.max_tokens)
+    learner_config = _learner_config(config, model_path)
     if config.runtime == "local":
         from forge_env.learner import Learner
 
@@ -226,11 +234,77 @@ async def _learner(config: AgentGRPOConfig, model_path: str, out: TextIO) -> Asy
     _say(out, f"runtime monarch: learner on {config.monarch.learner_procs} process(es), "
               f"{config.monarch.generator_replicas} generator replica(s), {config.monarch.env_procs} env process(es)")
     learner = MonarchLearner(learner_config, procs=config.monarch.learner_procs,
-                             threads_per_proc=config.monarch.threads_per_proc)
+                             threads_per_proc=config.monarch.threads_per_proc,
+                             hosts=config.monarch.hosts_config())
     try:
         yield learner
     finally:
         await asyncio.to_thread(learner.close)
+
+
+@asynccontextmanager
+async def _buffer(config: AgentGRPOConfig, out: TextIO) -> AsyncIterator[Any]:
+    """The replay buffer: in this process, or (``runtime: monarch`` with ``monarch.buffer_process``)
+    a Monarch actor in a process of its own, stopped on exit."""
+    buffer_config = config.buffer.buffer_config(config.seed)
+    if config.runtime == "local" or not config.monarch.buffer_process:
+        from forge_env.buffer import ReplayBuffer
+
+        yield ReplayBuffer(buffer_config)
+        return
+    from forge_env.monarch import MonarchReplayBuffer
+
+    async with MonarchReplayBuffer(buffer_config) as buffer:
+        _say(out, f"runtime monarch: replay buffer in process {buffer.pid}")
+        yield buffer
+
+
+@asynccontextmanager
+async def _reference(config: AgentGRPOConfig, model_path: str, out: TextIO) -> AsyncIterator[Any]:
+    """The frozen reference policy for the KL term (``learner.loss.kl_coef > 0``), else None: in this
+    process, or (``runtime: monarch``) ``monarch.reference_replicas`` processes behind one service."""
+    if config.learner.loss.kl_coef <= 0:
+        yield None
+        return
+    learner_config = _learner_config(config, model_path)
+    if config.runtime == "local":
+        from forge_env.learner import ReferencePolicy
+
+        async with ReferencePolicy(learner_config) as reference:
+            yield reference
+        return
+    from forge_env.monarch import MonarchReference
+
+    mon = config.monarch
+    _say(out, f"runtime monarch: reference policy on {mon.reference_replicas} process(es)")
+    async with MonarchReference(learner_config, replicas=mon.reference_replicas,
+                                threads_per_proc=mon.threads_per_proc, respawn=mon.respawn,
+                                hosts=mon.hosts_config()) as reference:
+        yield reference
+
+
+@asynccontextmanager
+async def _reward_workers(config: AgentGRPOConfig, out: TextIO) -> AsyncIterator[Any]:
+    """The reward function's workers (``reward.fn``), else None: threads here, or (``runtime:
+    monarch``) ``monarch.reward_replicas`` processes behind one service."""
+    reward_config = config.reward.reward_config()
+    if reward_config is None:
+        yield None
+        return
+    if config.runtime == "local":
+        from forge_env.reward import RewardWorkers
+
+        async with RewardWorkers(reward_config) as workers:
+            yield workers
+        return
+    from forge_env.monarch import MonarchRewardWorkers
+
+    mon = config.monarch
+    _say(out, f"runtime monarch: reward function {reward_config.fn} on {mon.reward_replicas} process(es)")
+    async with MonarchRewardWorkers(reward_config, replicas=mon.reward_replicas, threads_per_proc=mon.threads_per_proc,
+                                    respawn=mon.respawn, health_check_interval_s=mon.health_check_interval_s,
+                                    hosts=mon.hosts_config()) as workers:
+        yield workers
 
 
 def _build_generator(config: AgentGRPOConfig, model_path: str) -> Any:
@@ -245,7 +319,7 @@ def _build_generator(config: AgentGRPOConfig, model_path: str) -> Any:
     return MonarchGenerator(
         config.generator.generator_config(model_path, seed=config.seed),
         service=ServiceConfig(replicas=mon.generator_replicas, routing=mon.routing, respawn=mon.respawn,
-                              health_check_interval_s=mon.health_check_interval_s),
+                              health_check_interval_s=mon.health_check_interval_s, hosts=mon.hosts_config()),
         weight_transport=mon.weight_transport, env=threads,
     )
 
@@ -342,7 +416,8 @@ async def _env_source(config: AgentGRPOConfig) -> AsyncIterator[Any]:
         mon = config.monarch
         async with MonarchEnvPool(spec, env_kwargs=dict(config.env_kwargs), procs=mon.env_procs,
                                   sessions_per_proc=mon.sessions_per_env_proc, respawn=mon.respawn,
-                                  health_check_interval_s=mon.health_check_interval_s) as env_procs:
+                                  health_check_interval_s=mon.health_check_interval_s,
+                                  hosts=mon.hosts_config()) as env_procs:
             yield env_procs
         return
     if config.env_kwargs:

@@ -44,7 +44,9 @@ if TYPE_CHECKING:  # pragma: no cover
         VLLMGeneratorConfig,
     )
     from forge_env.learner import AdvantageConfig, LearnerConfig
+    from forge_env.monarch._hosts import HostsConfig
     from forge_env.orchestrator._config import OrchestratorConfig
+    from forge_env.reward import RewardConfig
     from forge_env.rollout import CollectorConfig, RolloutConfig
 
 __all__ = [
@@ -352,7 +354,8 @@ class LearnerSection(_Section):
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
     micro_batch_tokens: int | None = Field(
-        default=None, ge=1, description="Most padded tokens per micro-batch (bounds memory); null: no limit."
+        default=None, ge=1,
+        description="Most tokens the model runs on per micro-batch (bounds memory); null: no limit.",
     )
     micro_batch_size: int | None = Field(
         default=None, ge=1, description="Most sequences per micro-batch; null: no limit."
@@ -368,6 +371,11 @@ class LearnerSection(_Section):
     activation_checkpointing: Literal["none", "full", "selective"] = Field(
         default="none",
         description="GPU only: activation checkpointing per block (less memory, more compute).",
+    )
+    layout: Literal["packed", "padded"] = Field(
+        default="packed",
+        description="packed: a batch runs as one prefix tree (shared prompts once, logits only at loss tokens); "
+        "padded: one padded row per sequence (same numbers, slower).",
     )
     loss: LossSection = Field(default_factory=LossSection, description="The policy loss.")
 
@@ -415,6 +423,7 @@ class LearnerSection(_Section):
             seed=seed,
             activation_checkpointing=self.activation_checkpointing,
             compile=self.compile,
+            layout=self.layout,
         )
 
 
@@ -481,6 +490,47 @@ class BufferSection(_Section):
             drop_failed=self.drop_failed,
             seed=seed,
         )
+
+
+class RewardSection(_Section):
+    """A reward function on top of the env's rewards (a verifier, a judge, a length penalty),
+    applied to each finished episode before it enters the buffer; off while ``fn`` is null.
+
+    >>> RewardSection(fn="forge_env.reward:length_penalty", kwargs={"budget": 64}).reward_config().weight
+    1.0
+    """
+
+    fn: str | None = Field(
+        default=None,
+        description="'package.module:function' or 'path/file.py:function' taking a Trajectory, returning a "
+        "float (sync or async); null: env rewards only.",
+    )
+    weight: float = Field(default=1.0, description="Reward added to the last turn = weight * fn(trajectory).")
+    timeout_s: float = Field(default=30.0, gt=0, description="Deadline of one call (one episode).")
+    concurrency: int = Field(default=8, ge=1, description="Episodes scored at once in one process.")
+    skip_failed: bool = Field(default=True, description="Leave failed episodes (env/generator error) unscored.")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of every call, e.g. {budget: 64}."
+    )
+
+    @field_validator("fn")
+    @classmethod
+    def _spec_shape(cls, fn: str | None) -> str | None:
+        # Its shape only ("a.b:c"); importing it is the reward workers' job, at startup.
+        if fn is not None:
+            from forge_env.reward._load import normalize_spec
+
+            normalize_spec(fn)
+        return fn
+
+    def reward_config(self) -> RewardConfig | None:
+        """The :class:`~forge_env.reward.RewardConfig`, or None while ``fn`` is null."""
+        if self.fn is None:
+            return None
+        from forge_env.reward import RewardConfig
+
+        return RewardConfig(fn=self.fn, weight=self.weight, timeout_s=self.timeout_s,
+                            concurrency=self.concurrency, skip_failed=self.skip_failed, kwargs=dict(self.kwargs))
 
 
 class OrchestratorSection(_Section):
@@ -626,6 +676,37 @@ class MonarchSection(_Section):
     threads_per_proc: int | None = Field(
         default=None, ge=1, description="torch threads of each learner/generator process; null: torch's default."
     )
+    reward_replicas: int = Field(
+        default=1, ge=1, description="Reward-function processes (with reward.fn set), behind one service."
+    )
+    reference_replicas: int = Field(
+        default=1, ge=1, description="Reference-policy processes (with learner.loss.kl_coef > 0), behind one service."
+    )
+    buffer_process: bool = Field(
+        default=True,
+        description="The replay buffer in a Monarch process of its own (false: in the orchestrator's process).",
+    )
+    hosts: str | list[str] | dict[str, Any] = Field(
+        default="local",
+        description="Where the Monarch processes run: local (this host); [tcp://HOST:PORT, ...], Monarch workers "
+        "started on each host with `python -m forge_env.monarch.worker --host HOST --bind 0.0.0.0` (generator "
+        "replica / env process i on host i % n, learner ranks spread over the hosts); or slurm[:PORT], a worker "
+        "on every node of this SLURM allocation.",
+    )
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _valid_hosts(cls, value: Any) -> Any:
+        from forge_env.monarch._hosts import HostsConfig
+
+        HostsConfig.parse(value, key=None)  # raises ValueError naming the problem and the fix
+        return value
+
+    def hosts_config(self) -> HostsConfig:
+        """``hosts`` as the SDK's :class:`~forge_env.monarch._hosts.HostsConfig`."""
+        from forge_env.monarch._hosts import HostsConfig
+
+        return HostsConfig.parse(self.hosts, key="monarch.hosts")
 
 
 class AgentGRPOConfig(_Section):
@@ -681,6 +762,9 @@ class AgentGRPOConfig(_Section):
         default_factory=AdvantageSection, description="Rewards -> advantages."
     )
     buffer: BufferSection = Field(default_factory=BufferSection, description="Replay buffer.")
+    reward: RewardSection = Field(
+        default_factory=RewardSection, description="A reward function on top of the env's rewards (off by default)."
+    )
     orchestrator: OrchestratorSection = Field(
         default_factory=OrchestratorSection, description="Training loop."
     )

@@ -6,6 +6,7 @@
   torchtitan bridge underneath (``from_hf`` / ``to_hf``), :func:`read_hf_shape` its config reader.
 - :func:`policy_loss` with :class:`LossConfig`: GRPO, DAPO, Dr.GRPO, GSPO, optional k3 KL to a
   reference; :func:`loss_normalizer` for data-parallel-correct normalisation.
+- :class:`ReferencePolicy`: a frozen copy of the starting model whose logprobs feed that KL term.
 - :func:`group_advantages` with :class:`AdvantageConfig`: per-token advantages of a
   :class:`~forge_env.rollout.TrajectoryGroup`, per episode or per turn; :func:`is_degenerate`.
 
@@ -32,6 +33,7 @@ __all__ = [
     "LearnerConfig",
     "LossConfig",
     "LossKind",
+    "ReferencePolicy",
     "TitanModel",
     "group_advantages",
     "is_degenerate",
@@ -45,11 +47,13 @@ _LAZY = {name: "forge_env.learner._losses" for name in ("Aggregation", "LossConf
                                                          "loss_normalizer", "policy_loss")}
 _LAZY.update({name: "forge_env.learner._learner" for name in ("Learner", "LearnerConfig")})
 _LAZY.update({name: "forge_env.learner._model" for name in ("HFShape", "TitanModel", "read_hf_shape")})
+_LAZY["ReferencePolicy"] = "forge_env.learner._reference"
 
 if TYPE_CHECKING:  # pragma: no cover
     from forge_env.learner._learner import Learner, LearnerConfig
     from forge_env.learner._losses import Aggregation, LossConfig, LossKind, loss_normalizer, policy_loss
     from forge_env.learner._model import HFShape, TitanModel, read_hf_shape
+    from forge_env.learner._reference import ReferencePolicy
 
 
 def __getattr__(name: str) -> Any:

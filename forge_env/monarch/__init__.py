@@ -5,6 +5,12 @@
   replica, respawn of a dead replica, metrics.
 - :class:`MonarchGenerator`: a :class:`~forge_env.generator.Generator` over a Service of
   :class:`GeneratorActor` replicas (vLLM or torch), with versioned weight pushes.
+- :class:`MonarchReplayBuffer`: the replay buffer as an actor in a process of its own, awaited
+  by the orchestrator through the same interface as a local buffer.
+- :class:`MonarchReference`, :class:`MonarchRewardWorkers`: the reference policy (KL term) and
+  a reward function's workers as Services of actors.
+- :class:`HostsConfig`: where the processes run: this host, or Monarch workers on other hosts
+  (``python -m forge_env.monarch.worker`` on each; a list of addresses, or a SLURM allocation).
 - :func:`spawn_procs`, :func:`install_fault_hook`, :func:`stop_procs`, :class:`ProcGroup`:
   local process meshes that cannot take the caller down and leave no process behind.
 
@@ -30,6 +36,7 @@ SUPERVISION_POLL_ENV = "HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY"
 _POLL_TOO_LATE = "monarch.actor" in sys.modules and SUPERVISION_POLL_ENV not in os.environ
 os.environ.setdefault(SUPERVISION_POLL_ENV, "1s")
 
+from forge_env.monarch._hosts import HostsConfig
 from forge_env.monarch._service import (
     ReplicaDiedError,
     ServiceConfig,
@@ -38,18 +45,27 @@ from forge_env.monarch._service import (
 )
 
 __all__ = [
+    "BufferActor",
+    "BufferProcessError",
     "EnvPoolActor",
     "GeneratorActor",
     "GeneratorSpec",
+    "Hosts",
+    "HostsConfig",
     "LearnerActor",
     "LearnerProcessError",
     "MonarchEnv",
     "MonarchEnvPool",
     "MonarchGenerator",
     "MonarchLearner",
+    "MonarchReference",
+    "MonarchReplayBuffer",
+    "MonarchRewardWorkers",
     "ProcGroup",
+    "ReferenceActor",
     "Replica",
     "ReplicaDiedError",
+    "RewardActor",
     "Service",
     "ServiceConfig",
     "ServiceTimeoutError",
@@ -65,6 +81,7 @@ __all__ = [
 # name -> the submodule that defines it; loaded on first use so that `import forge_env.monarch`
 # needs neither Monarch nor torch, and a submodule missing here breaks only its own names.
 _LAZY = {
+    "Hosts": "forge_env.monarch._hosts",
     "ProcGroup": "forge_env.monarch._mesh",
     "astop_procs": "forge_env.monarch._mesh",
     "install_fault_hook": "forge_env.monarch._mesh",
@@ -80,13 +97,22 @@ _LAZY = {
     "LearnerActor": "forge_env.monarch._learner",
     "MonarchLearner": "forge_env.monarch._learner",
     "LearnerProcessError": "forge_env.monarch._learner",
+    "BufferActor": "forge_env.monarch._buffer",
+    "BufferProcessError": "forge_env.monarch._buffer",
+    "MonarchReplayBuffer": "forge_env.monarch._buffer",
+    "MonarchReference": "forge_env.monarch._reference",
+    "ReferenceActor": "forge_env.monarch._reference",
+    "MonarchRewardWorkers": "forge_env.monarch._reward",
+    "RewardActor": "forge_env.monarch._reward",
     "EnvPoolActor": "forge_env.monarch._envs",
     "MonarchEnvPool": "forge_env.monarch._envs",
     "MonarchEnv": "forge_env.monarch._envs",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from forge_env.monarch._buffer import BufferActor, BufferProcessError, MonarchReplayBuffer
     from forge_env.monarch._envs import EnvPoolActor, MonarchEnv, MonarchEnvPool
+    from forge_env.monarch._hosts import Hosts
     from forge_env.monarch._generator import GeneratorActor, GeneratorSpec, MonarchGenerator
     from forge_env.monarch._learner import LearnerActor, LearnerProcessError, MonarchLearner
     from forge_env.monarch._mesh import (
@@ -98,6 +124,8 @@ if TYPE_CHECKING:  # pragma: no cover
         start_procs,
         stop_procs,
     )
+    from forge_env.monarch._reference import MonarchReference, ReferenceActor
+    from forge_env.monarch._reward import MonarchRewardWorkers, RewardActor
     from forge_env.monarch._service import Replica, Service
 
 

@@ -6,10 +6,15 @@ Read :meth:`Orchestrator.run` top to bottom; one learner step is
    ``max_policy_age`` versions older than the learner), take them;
 2. group-normalised advantages; groups whose episodes all scored the same carry no signal and
    are left out of the batch (counted);
-3. ``learner.train_step`` in a worker thread, so the event loop keeps stepping envs and
+3. with a KL term (``kl_coef > 0``), the reference policy's logprobs of the batch;
+4. ``learner.train_step`` in a worker thread, so the event loop keeps stepping envs and
    streaming generations meanwhile;
-4. every ``weight_push_every`` steps, push the learner's weights to the generator, stamped
+5. every ``weight_push_every`` steps, push the learner's weights to the generator, stamped
    with the learner's version.
+
+Each finished group is scored by the reward workers (when given) before it enters the buffer.
+The buffer, the reference and the reward workers are awaited through one interface each, so
+they may live in this process or in Monarch actors (``runtime: monarch``) with no change here.
 
 In ``async`` mode a producer keeps ``groups_in_flight`` groups generating or waiting in the
 buffer at all times, so generation of the next batch overlaps training on this one. In ``sync``
@@ -20,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from forge_env.buffer import ReplayBuffer
+from forge_env.buffer import AsyncBuffer, ReplayBuffer, as_async_buffer
 from forge_env.learner._advantages import AdvantageConfig, group_advantages, is_degenerate
 from forge_env.orchestrator._config import OrchestratorConfig
 from forge_env.rollout import RolloutCollector, Task, Trajectory, TrajectoryGroup
@@ -81,15 +87,22 @@ class Orchestrator:
         learner: Any,
         generator: Any,
         collector: RolloutCollector,
-        buffer: ReplayBuffer,
+        buffer: ReplayBuffer | AsyncBuffer,
         config: OrchestratorConfig | None = None,
         advantage: AdvantageConfig | None = None,
         task_factory: TaskFactory | None = None,
+        reference: Any | None = None,
+        rewards: Any | None = None,
     ) -> None:
         self.learner = learner
         self.generator = generator
         self.collector = collector
-        self.buffer = buffer
+        self.buffer: AsyncBuffer = as_async_buffer(buffer)
+        """The buffer as awaited here (a :class:`ReplayBuffer` given is wrapped in an ``InProcessBuffer``)."""
+        self.reference = reference
+        """Reference policy (``await reference.logprobs(trajectories)``) for ``kl_coef > 0``, or None."""
+        self.rewards = rewards
+        """Reward workers (``await rewards.score_group(group)``) applied to each finished group, or None."""
         self.config = config or OrchestratorConfig()
         self.advantage = advantage or AdvantageConfig()
         first = self.config.first_task_seed
@@ -101,6 +114,7 @@ class Orchestrator:
         self._next_task = 0
         self._pending: list[int] = []     # task indices to (re)issue before new ones
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._adding: set[int] = set()    # in _in_flight, their group's buffer.add already sent
         self._generating_since: float | None = None
         self._window = _Window()
         self._room = asyncio.Event()
@@ -168,16 +182,16 @@ class Orchestrator:
         cfg = self.config
         version = self.learner.version
         rounds = 0
-        while self.buffer.num_fresh(version) < cfg.groups_per_step:
+        while (fresh := await self.buffer.num_fresh(version)) < cfg.groups_per_step:
             rounds += 1
             if rounds > 8:
                 raise LoopStalledError(
-                    f"8 rounds of generation left the buffer with {self.buffer.num_fresh(version)} of "
-                    f"{cfg.groups_per_step} usable groups (buffer stats {self.buffer.stats()}): its "
+                    f"8 rounds of generation left the buffer with {fresh} of "
+                    f"{cfg.groups_per_step} usable groups (buffer stats {await self.buffer.stats()}): its "
                     "filters (drop_failed / drop_degenerate) drop nearly everything; turn them off or "
                     "check the env"
                 )
-            need = cfg.groups_per_step - self.buffer.num_fresh(version)
+            need = cfg.groups_per_step - fresh
             indices = [self._take_task_index() for _ in range(need)]
             # Registered in _in_flight like the async producer's groups: the busy-time window
             # closes when the last group ends, and run()'s finally cancels them if one fails.
@@ -187,7 +201,7 @@ class Orchestrator:
                 async with asyncio.timeout(cfg.batch_timeout_s):
                     await asyncio.gather(*spawned)
             except TimeoutError:
-                raise LoopStalledError(self._stalled_message(version)) from None
+                raise LoopStalledError(await self._stalled_message(version)) from None
 
     async def _take_batch(self, producer: asyncio.Future[None] | None) -> list[TrajectoryGroup]:
         cfg = self.config
@@ -203,17 +217,17 @@ class Orchestrator:
             producer.result()  # raises the producer's error
             raise LoopStalledError("the rollout producer stopped without an error")
         if not waiter.result():
-            raise LoopStalledError(self._stalled_message(version))
-        groups = self.buffer.sample(cfg.groups_per_step, current_version=version)
+            raise LoopStalledError(await self._stalled_message(version))
+        groups = await self.buffer.sample(cfg.groups_per_step, current_version=version)
         self._room.set()
         return groups
 
-    def _stalled_message(self, version: int) -> str:
+    async def _stalled_message(self, version: int) -> str:
         cfg = self.config
         stats = self.collector.stats.to_dict()
         return (
             f"waited {cfg.batch_timeout_s} s for {cfg.groups_per_step} fresh groups at policy version "
-            f"{version}; the buffer holds {self.buffer.num_fresh(version)} (stats {self.buffer.stats()}); "
+            f"{version}; the buffer holds {await self.buffer.num_fresh(version)} (stats {await self.buffer.stats()}); "
             f"collectors played {stats['episodes']} episodes, {stats['failed']} failed "
             f"(terminations {stats['terminations']}). Check the env and generator, or raise "
             "orchestrator.batch_timeout_s"
@@ -233,8 +247,17 @@ class Orchestrator:
             advantages += group_advantages(group, self.advantage)
         report: StepReport = {}
         if batch:
+            ref_logprobs = None
+            if self.reference is not None:
+                ref_started = time.monotonic()
+                ref_logprobs = await self.reference.logprobs(batch)
+                report["time/reference_s"] = time.monotonic() - ref_started
             train_started = time.monotonic()
-            metrics = await asyncio.to_thread(self.learner.train_step, batch, advantages)
+            if ref_logprobs is None:
+                metrics = await asyncio.to_thread(self.learner.train_step, batch, advantages)
+            else:
+                metrics = await asyncio.to_thread(
+                    functools.partial(self.learner.train_step, batch, advantages, ref_logprobs=ref_logprobs))
             report.update(metrics)
             report["time/train_s"] = time.monotonic() - train_started
         else:
@@ -263,7 +286,7 @@ class Orchestrator:
             "batch/degenerate_groups": float(degenerate),
             "batch/trained_sequences": float(len(batch)),
         })
-        for key, value in self.buffer.stats().items():
+        for key, value in (await self.buffer.stats()).items():
             if isinstance(value, (int, float)):
                 report[f"buffer/{key}"] = float(value)
         return report
@@ -320,7 +343,8 @@ class Orchestrator:
         """Async mode: keep ``groups_in_flight`` groups generating or waiting in the buffer."""
         bound = self.config.groups_in_flight
         while True:
-            while len(self._in_flight) + len(self.buffer) >= bound and self._producer_error is None:
+            while (len(self._in_flight) + (await self.buffer.stats())["size"] >= bound
+                   and self._producer_error is None):
                 self._room.clear()
                 await self._room.wait()
             if self._producer_error is not None:
@@ -336,6 +360,15 @@ class Orchestrator:
             trajs = await asyncio.gather(
                 *(self.collector.play(task, group_index=k) for k in range(self.collector.config.group_size))
             )
+            group = TrajectoryGroup(task=task, trajectories=list(trajs))
+            self._window.episodes += len(trajs)
+            self._window.completion_tokens += sum(t.num_completion_tokens for t in trajs)
+            if self.rewards is not None:
+                await self.rewards.score_group(group)  # one trajectory's error is recorded, not raised
+            # From here the group counts as in the buffer for state_dict(), even while the add
+            # is still on its way to a buffer in another process (calls to it arrive in order).
+            self._adding.add(index)
+            await self.buffer.add(group)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # play() records episode failures itself; this is a bug or a dead loop
@@ -344,18 +377,15 @@ class Orchestrator:
             raise
         finally:
             self._in_flight.pop(index, None)
+            self._adding.discard(index)
             if not self._in_flight and self._generating_since is not None:
                 self._window.generating_s += time.monotonic() - self._generating_since
                 self._generating_since = None
             self._room.set()
-        group = TrajectoryGroup(task=task, trajectories=list(trajs))
-        self._window.episodes += len(trajs)
-        self._window.completion_tokens += sum(t.num_completion_tokens for t in trajs)
-        self.buffer.add(group)
 
     async def _cancel_in_flight(self) -> None:
         # Tasks cut short go back to the queue: a checkpoint taken after run() re-issues them.
-        self._pending = sorted(set(self._pending) | set(self._in_flight))
+        self._pending = sorted(set(self._pending) | (set(self._in_flight) - self._adding))
         running = list(self._in_flight.values())
         for fut in running:
             fut.cancel()
@@ -363,18 +393,20 @@ class Orchestrator:
 
     # -- checkpoints ----------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
+    async def state_dict(self) -> dict[str, Any]:
         """The loop's position as JSON data: step, the task stream (groups still generating
         are re-issued on resume), and the buffer's contents. The learner saves its own."""
+        # Taken before the buffer's snapshot is asked for: a group whose add was sent is in it.
+        pending = sorted(set(self._pending) | (set(self._in_flight) - self._adding))
         return {
             "format": _STATE_FORMAT,
             "step": self.step,
             "next_task": self._next_task,
-            "pending_tasks": sorted(set(self._pending) | set(self._in_flight)),
-            "buffer": self.buffer.state_dict(),
+            "pending_tasks": pending,
+            "buffer": await self.buffer.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    async def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; call before :meth:`run`."""
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(
@@ -384,4 +416,4 @@ class Orchestrator:
         self.step = int(state["step"])
         self._next_task = int(state["next_task"])
         self._pending = [int(i) for i in state["pending_tasks"]]
-        self.buffer.load_state_dict(state["buffer"])
+        await self.buffer.load_state_dict(state["buffer"])

@@ -1,7 +1,7 @@
 """``python -m apps.agent_grpo runtime=monarch`` as a user runs it, and a generator replica killed mid-run.
 
-The app runs in a subprocess with its generator replicas (vLLM engines), learner and env pool in
-Monarch processes of their own. Right after the first learner step the test SIGKILLs one
+The app runs in a subprocess with its generator replicas (vLLM engines), learner, env pool,
+replay buffer, reference policy (a KL term) and reward function in Monarch processes of their own. Right after the first learner step the test SIGKILLs one
 generator replica's process (the parent of a ``VLLM::EngineCore``): the run must finish every
 step on the other replica, respawn the killed one, count the death, and lose no episode
 silently. Then no process of the run may be left.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +61,8 @@ def test_monarch_run_survives_a_killed_generator_replica(tmp_path: Path) -> None
     args = [sys.executable, "-m", "apps.agent_grpo", "runtime=monarch", f"output_dir={out}",
             "warm_start.steps=5", "eval.episodes=16", "eval.every=0", f"orchestrator.steps={steps}",
             "orchestrator.groups_per_step=2", "rollout.group_size=4", "checkpoint.every=0",
-            "logging.tensorboard=false", "env_kwargs={progress_reward: 0.5}"]
+            "logging.tensorboard=false", "env_kwargs={progress_reward: 0.5}", "learner.loss.kl_coef=0.01",
+            "reward.fn=forge_env.reward:length_penalty", "reward.kwargs={budget: 8, per_token: 0.01}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "run.log"
     log = log_path.open("w")
@@ -73,6 +75,9 @@ def test_monarch_run_survives_a_killed_generator_replica(tmp_path: Path) -> None
             assert run.poll() is None, log_path.read_text()[-4000:]
             assert time.monotonic() < deadline, "no learner step within 900 s:\n" + log_path.read_text()[-4000:]
             time.sleep(0.5)
+        session = {p.pid for p in session_processes(run.pid)}
+        buffer_pid = int(re.search(r"replay buffer in process (\d+)", log_path.read_text()).group(1))
+        assert buffer_pid in session and buffer_pid != run.pid
         replicas = _generator_replicas(run.pid)
         assert len(replicas) == 2, [p.cmdline() for p in session_processes(run.pid)]
         killed = replicas[0]
@@ -104,4 +109,11 @@ def test_monarch_run_survives_a_killed_generator_replica(tmp_path: Path) -> None
     train = [r for r in _records(out / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, steps + 1))
     assert all(r["batch/groups"] == 2 for r in train)
+    # The buffer (its own process) handed out every group trained on; the reward function's
+    # processes scored every episode; the reference's logprobs fed the KL term of each update.
+    assert summary["buffer"]["sampled"] == 2 * steps
+    assert summary["reward_fn"]["reward_fn/scored"] >= 2 * steps * 4
+    assert summary["reward_fn"]["reward_fn/errors"] == 0
+    assert summary["reference"]["reference/sequences"] == sum(r["batch/trained_sequences"] for r in train)
+    assert any(r["loss/kl_ref"] > 0 for r in train)
     assert 0.0 <= summary["final_success"] <= 1.0 and (out / "hf" / "config.json").exists()

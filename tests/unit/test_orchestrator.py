@@ -181,6 +181,8 @@ class _Train:
     rewards: list[float]
     started: float
     ended: float = 0.0
+    ref: list[list[float]] | None = None
+    """The reference logprobs passed (KL term), if any."""
 
 
 class _FakeLearner:
@@ -192,8 +194,10 @@ class _FakeLearner:
         self.calls: list[_Train] = []
         self.threads: set[int] = set()
 
-    def train_step(self, trajectories: list[Trajectory], advantages: list[list[float]]) -> dict[str, float]:
+    def train_step(self, trajectories: list[Trajectory], advantages: list[list[float]], *,
+                   ref_logprobs: list[list[float]] | None = None) -> dict[str, float]:
         record = _Train(
+            ref=ref_logprobs,
             version=self.version,
             seeds=[t.task.seed for t in trajectories],  # type: ignore[misc]
             ages=[self.version - min(t.versions) for t in trajectories if t.versions],
@@ -591,7 +595,7 @@ async def test_async_state_round_trips_and_resume_reissues_tasks_in_flight() -> 
     async with _closing_run(first.orchestrator) as reports:
         async for report in reports:
             if report["step"] == 2:
-                state = json.loads(json.dumps(first.orchestrator.state_dict()))
+                state = json.loads(json.dumps(await first.orchestrator.state_dict()))
                 break
     assert _other_tasks() == set()
     assert state["step"] == 2 and state["next_task"] == 6
@@ -601,7 +605,7 @@ async def test_async_state_round_trips_and_resume_reissues_tasks_in_flight() -> 
 
     # resume: the learner restored its own state (version 2); a fresh generator is behind
     second = _rig(mode="async", steps=4, groups_per_step=2, gen_delay=0.01, learner_version=2)
-    second.orchestrator.load_state_dict(state)
+    await second.orchestrator.load_state_dict(state)
     reports2 = await second.run()
     assert [r["step"] for r in reports2] == [3.0, 4.0]
     assert [v for v, _ in second.generator.pushes] == [2, 3, 4]
@@ -618,7 +622,7 @@ async def test_state_taken_after_the_run_still_reissues_interrupted_tasks() -> N
     # they were cancelled, so a checkpoint taken now must hand them to the next run
     rig = _rig(mode="async", steps=2, groups_per_step=2, gen_delay=0.3)
     await rig.run()
-    state = rig.orchestrator.state_dict()
+    state = await rig.orchestrator.state_dict()
     assert state["next_task"] == 6
     assert state["pending_tasks"] == [4, 5]
 
@@ -626,11 +630,11 @@ async def test_state_taken_after_the_run_still_reissues_interrupted_tasks() -> N
 async def test_sync_state_restores_the_task_stream() -> None:
     first = _rig(mode="sync", steps=2)
     await first.run()
-    state = first.orchestrator.state_dict()
+    state = await first.orchestrator.state_dict()
     assert state["step"] == 2 and state["next_task"] == 4 and state["pending_tasks"] == []
 
     second = _rig(mode="sync", steps=3, learner_version=2)
-    second.orchestrator.load_state_dict(json.loads(json.dumps(state)))
+    await second.orchestrator.load_state_dict(json.loads(json.dumps(state)))
     assert second.orchestrator.step == 2
     [report] = await second.run()
     assert report["step"] == 3.0
@@ -639,6 +643,108 @@ async def test_sync_state_restores_the_task_stream() -> None:
 
 async def test_state_of_another_format_is_refused() -> None:
     rig = _rig(mode="sync")
-    state = rig.orchestrator.state_dict()
+    state = await rig.orchestrator.state_dict()
     with pytest.raises(ValueError, match="format"):
-        rig.orchestrator.load_state_dict({**state, "format": 99})
+        await rig.orchestrator.load_state_dict({**state, "format": 99})
+
+
+# -- a buffer, reference and reward workers awaited through their interfaces ------------------------
+
+
+class _FarBuffer:
+    """An AsyncBuffer whose calls take time, like one in another process: each call's effect
+    lands after ``delay`` seconds, in the order the calls were made."""
+
+    def __init__(self, inner: ReplayBuffer, delay: float) -> None:
+        self.inner = inner
+        self.config = inner.config
+        self.delay = delay
+        self._order = asyncio.Lock()
+
+    async def _later(self, fn: Callable[[], Any]) -> Any:
+        async with self._order:  # in order of arrival, as messages to one actor
+            await asyncio.sleep(self.delay)
+            return fn()
+
+    async def add(self, group: TrajectoryGroup) -> bool:
+        return bool(await self._later(lambda: self.inner.add(group)))
+
+    async def num_fresh(self, current_version: int) -> int:
+        return int(await self._later(lambda: self.inner.num_fresh(current_version)))
+
+    async def wait_for(self, n_groups: int, *, current_version: int, timeout: float | None = None) -> bool:
+        return await self.inner.wait_for(n_groups, current_version=current_version, timeout=timeout)
+
+    async def sample(self, n_groups: int, *, current_version: int) -> list[TrajectoryGroup]:
+        return list(await self._later(lambda: self.inner.sample(n_groups, current_version=current_version)))
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(await self._later(self.inner.stats))
+
+    async def state_dict(self) -> dict[str, Any]:
+        return dict(await self._later(self.inner.state_dict))
+
+    async def load_state_dict(self, state: dict[str, Any]) -> None:
+        await self._later(lambda: self.inner.load_state_dict(state))
+
+
+async def test_a_slow_far_buffer_keeps_every_task_exactly_once_in_a_snapshot() -> None:
+    # Adds take 50 ms to land: snapshots taken while some are on their way must still hold each
+    # issued task once (trained, in the buffer's state, or pending), never twice or not at all.
+    rig = _rig(mode="async", steps=6, groups_per_step=2, gen_delay=0.02)
+    far = _FarBuffer(rig.buffer, delay=0.05)
+    rig.orchestrator.buffer = far
+    snapshots: list[tuple[set[int], dict[str, Any]]] = []
+    async with _closing_run(rig.orchestrator) as reports:
+        async for _ in reports:
+            trained = {s - _FIRST for c in rig.learner.calls for s in dict.fromkeys(c.seeds)}
+            snapshots.append((trained, await rig.orchestrator.state_dict()))
+    assert len(snapshots) == 6
+    for trained, state in snapshots:
+        buffered = [g["task"]["seed"] - _FIRST for g in state["buffer"]["groups"]]
+        places = sorted(trained) + sorted(buffered) + list(state["pending_tasks"])
+        assert sorted(places) == list(range(state["next_task"])), (trained, buffered, state["pending_tasks"])
+
+
+class _Reference:
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    async def logprobs(self, trajectories: list[Trajectory]) -> list[list[float]]:
+        self.batches.append([t.task.seed for t in trajectories])  # type: ignore[misc]
+        return [[-0.5] * len(t.token_ids) for t in trajectories]
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+class _Rewards:
+    """Reward workers that add 1.0 to the last turn of every episode of task seeds they are told."""
+
+    def __init__(self, bonus_seeds: set[int]) -> None:
+        self.bonus_seeds = bonus_seeds
+        self.groups = 0
+
+    async def score_group(self, group: TrajectoryGroup) -> None:
+        await asyncio.sleep(0.01)
+        self.groups += 1
+        if group.task.seed in self.bonus_seeds:
+            for t in group.trajectories:
+                t.turns[-1].reward += 1.0
+
+
+async def test_reference_logprobs_and_reward_workers_reach_the_learner() -> None:
+    rig = _rig(mode="sync", steps=2, groups_per_step=2)  # episode k of every group wins iff k is even
+    reference, rewards = _Reference(), _Rewards({_FIRST + 1})
+    rig.orchestrator.reference, rig.orchestrator.rewards = reference, rewards
+    reports = await rig.run()
+    assert rewards.groups == 4
+    # The learner saw the reference's logprobs of exactly its batch, and task 1's episodes each
+    # with the env's reward (as task 0's, episode by episode) plus the reward workers' 1.0.
+    calls = rig.learner.calls
+    assert [sorted(set(c.seeds)) for c in calls] == [sorted(set(b)) for b in reference.batches]
+    assert all(c.ref is not None and len(c.ref) == len(c.seeds) for c in calls)
+    assert all(r["time/reference_s"] >= 0 for r in reports if r["batch/trained_sequences"] > 0)
+    rewards_of_task1 = [r for c in calls for s, r in zip(c.seeds, c.rewards) if s == _FIRST + 1]
+    rewards_of_task0 = [r for c in calls for s, r in zip(c.seeds, c.rewards) if s == _FIRST]
+    assert rewards_of_task1 and all(r == w + 1.0 for r, w in zip(rewards_of_task1, rewards_of_task0))
