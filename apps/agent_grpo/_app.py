@@ -154,7 +154,9 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
                 run_state["train_seconds"] = train_before + time.monotonic() - train_started
                 run_state["completion_tokens"] = tokens
                 last = step == config.orchestrator.steps
-                if config.eval.every and step % config.eval.every == 0 and not last:
+                out_of_time = deadline is not None and time.monotonic() > deadline
+                # The final evaluation follows the last step, or this one when time is up.
+                if config.eval.every and step % config.eval.every == 0 and not (last or out_of_time):
                     result = await _evaluate(config, agent, generator, envs)
                     if result is not None:
                         tracker.log(step, _eval_metrics(result), kind="eval")
@@ -164,7 +166,7 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
                         "rng": rng_state(), "run": run_state,
                     })
                     tracker.print(f"checkpoint {path}")
-                if deadline is not None and time.monotonic() > deadline:
+                if out_of_time:
                     tracker.print(f"orchestrator.max_minutes={config.orchestrator.max_minutes} reached "
                                   f"after step {step}: stopping training")
                     break

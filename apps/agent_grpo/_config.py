@@ -544,7 +544,7 @@ class OrchestratorSection(_Section):
         default="async",
         description="async: generate while the learner trains; sync: generate, train, push, repeat.",
     )
-    steps: int = Field(default=80, ge=1, description="Learner steps (optimizer updates) of the run.")
+    steps: int = Field(default=150, ge=1, description="Learner steps (optimizer updates) of the run.")
     groups_per_step: int = Field(
         default=16, ge=1, description="Task groups (rollout.group_size episodes each) per learner step."
     )

@@ -50,7 +50,7 @@ def test_default_is_the_cpu_default_run() -> None:
     assert (cfg.env, cfg.model, cfg.runtime) == ("guess_number", "tiny", "local")
     assert cfg.warm_start.enabled and cfg.warm_start.steps == 150 and cfg.warm_start.lr == 3e-3
     assert (cfg.rollout.group_size, cfg.rollout.max_turns, cfg.rollout.max_tokens) == (8, 6, 8)
-    assert cfg.orchestrator.groups_per_step == 16 and cfg.orchestrator.steps == 80
+    assert cfg.orchestrator.groups_per_step == 16 and cfg.orchestrator.steps == 150
     assert cfg.learner.lr == 1e-3 and cfg.eval.episodes == 256 and cfg.orchestrator.max_minutes == 11
     assert cfg.generator.kind == "vllm" and cfg.generator.kv_cache_bytes == 256 << 20
 
@@ -294,7 +294,7 @@ def test_other_cross_field_rules() -> None:
         _error(overrides=["buffer.capacity=8"])
     )
     assert "learner.warmup_steps: must be < orchestrator.steps" in str(
-        _error(overrides=["learner.warmup_steps=80"])
+        _error(overrides=["learner.warmup_steps=150"])
     )
     assert "generator.max_model_len: must exceed rollout.max_turns * rollout.max_tokens (40 <= 48)" in str(
         _error(overrides=["generator.max_model_len=40"])
@@ -414,7 +414,7 @@ def test_dump_keys_lists_every_key_with_description() -> None:
     for line in lines:
         if not line.startswith("#"):
             assert "  # " in line and not line.endswith("#"), line  # every key has a description
-    assert "orchestrator.steps: 80  # Learner steps (optimizer updates) of the run." in lines
+    assert "orchestrator.steps: 150  # Learner steps (optimizer updates) of the run." in lines
     assert "orchestrator.steps: 3  # Learner steps (optimizer updates) of the run." in dump_keys(
         load_config(overrides=["orchestrator.steps=3"])
     )
