@@ -125,3 +125,21 @@ def session_processes(sid: int) -> list[Any]:
         except (ProcessLookupError, PermissionError, psutil.Error):
             continue
     return found
+
+
+@pytest.fixture(scope="module")
+def monarch_processes_reaped() -> Iterator[None]:
+    """For a module of Monarch tests (``pytest.mark.usefixtures("monarch_processes_reaped")``):
+    our fault hook is installed, so a killed process cannot take pytest down, and at the end
+    no process the module started may be alive (15 s grace for exiting ones)."""
+    from forge_env.monarch import install_fault_hook
+
+    install_fault_hook()
+    before = set(descendant_processes())
+    yield
+    deadline = time.monotonic() + 15
+    left = {pid: cmd for pid, cmd in descendant_processes().items() if pid not in before}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = {pid: cmd for pid, cmd in descendant_processes().items() if pid not in before}
+    assert not left, f"processes left behind: {left}"

@@ -27,7 +27,6 @@ Importing this module does not import Monarch; :meth:`Hosts.attach` does.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from forge_env._addresses import is_loopback_host
 from forge_env._exceptions import ForgeEnvError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,7 +137,7 @@ class HostsConfig:
         >>> HostsConfig(workers=("tcp://127.0.0.1:26600",)).on_this_machine()
         True
         """
-        return self.local or (bool(self.workers) and all(_is_loopback(host_of(a)) for a in self.workers))
+        return self.local or (bool(self.workers) and all(is_loopback_host(host_of(a)) for a in self.workers))
 
     def addresses(self) -> tuple[str, ...]:
         """The workers' addresses in host order (for ``slurm_port``: read from the environment now).
@@ -242,15 +242,6 @@ def host_of(address: str) -> str:
     if match is None:
         raise ValueError(f"{address!r} is not a tcp://HOST:PORT address")
     return match["host"].strip("[]")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- SLURM node lists -----------------------------------------------------------------------------
@@ -451,7 +442,7 @@ def _listen_on_tcp(addresses: Sequence[str], client_host: str | None) -> None:
     """
     from monarch.actor import context, enable_transport
 
-    remote = [a for a in addresses if not _is_loopback(host_of(a))]
+    remote = [a for a in addresses if not is_loopback_host(host_of(a))]
     ip = client_host or (_address_towards(remote[0]) if remote else "127.0.0.1")
     shown = f"[{ip}]" if ":" in ip else ip
     try:
@@ -460,7 +451,7 @@ def _listen_on_tcp(addresses: Sequence[str], client_host: str | None) -> None:
         logger.debug("Monarch transport already chosen: %s", e)
     where = str(context().actor_instance.actor_id).split("@", 1)[-1]
     on_tcp = where.startswith("tcp://")
-    loopback_client = on_tcp and _is_loopback(where.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]"))
+    loopback_client = on_tcp and is_loopback_host(where.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]"))
     if remote and (not on_tcp or loopback_client):
         raise ForgeEnvError(
             f"hosts: this process's Monarch client listens on {where}, which the workers {remote} cannot "

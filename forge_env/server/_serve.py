@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import logging
 from typing import Any
 
+from forge_env._addresses import is_loopback_host
 from forge_env.server._app import create_app
 from forge_env.server._factory import EnvFactoryLike
 
@@ -31,20 +31,6 @@ UVICORN_WS_SETTINGS: dict[str, Any] = {
     "ws_ping_timeout": 20.0,
     "ws_max_size": 16 * 1024 * 1024,
 }
-
-
-def is_loopback_host(host: str) -> bool:
-    """True when binding ``host`` keeps the server on this machine.
-
-    >>> is_loopback_host("127.0.0.1"), is_loopback_host("localhost"), is_loopback_host("0.0.0.0")
-    (True, True, False)
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def uvicorn_config(

@@ -15,23 +15,7 @@ import pytest
 
 from conftest import descendant_processes
 
-pytestmark = [pytest.mark.monarch, pytest.mark.asyncio(loop_scope="module")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_process_left_behind() -> Any:
-    from forge_env.monarch import install_fault_hook
-
-    install_fault_hook()
-    before = set(descendant_processes())
-    yield
-    left: dict[int, str] = {}
-    for _ in range(100):
-        left = {pid: cmd for pid, cmd in descendant_processes().items() if pid not in before}
-        if not left:
-            break
-        time.sleep(0.1)
-    assert not left, f"processes left behind: {left}"
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.asyncio(loop_scope="module")]
 
 
 def _group(seed: int, version: int, rewards: tuple[float, ...] = (0.0, 1.0)) -> Any:

@@ -18,29 +18,9 @@ import pytest_asyncio
 from conftest import descendant_processes, running_server
 from runtime_test_env import alive
 
-pytestmark = [pytest.mark.monarch, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.asyncio(loop_scope="module")]
 
 GUESS_KWARGS = {"max_turns": 4}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_process_left_behind() -> Any:
-    """Monarch's fault hook replaced for the module; no process of ours may outlive it."""
-    from forge_env.monarch import install_fault_hook
-
-    install_fault_hook()
-    before = set(descendant_processes())
-    yield
-    # The pools are closed by the tests; give exiting processes a moment to be reaped.
-    left: dict[int, str] = {}
-    for _ in range(100):
-        left = {pid: cmd for pid, cmd in descendant_processes().items() if pid not in before}
-        if not left:
-            break
-        import time
-
-        time.sleep(0.1)
-    assert not left, f"processes left behind: {left}"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

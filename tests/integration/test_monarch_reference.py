@@ -16,13 +16,12 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 import torch
-from conftest import descendant_processes
 
 # forge_env.monarch first: it sets the supervision poll period that Monarch reads on import.
 from forge_env.monarch import ReplicaDiedError, ServiceUnavailableError
@@ -34,7 +33,7 @@ pytest.importorskip("monarch.actor", reason="Monarch is not installed: pip insta
 
 from forge_env.monarch._reference import MonarchReference  # noqa: E402  (after the skip)
 
-pytestmark = [pytest.mark.monarch, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 #: Replica vs local reference: the same code and weights, and float32 values sent exactly, but a
 #: replica's share is padded into other micro-batches: one float32 ulp of a logprob (9.5e-7 at
@@ -65,22 +64,6 @@ def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
 async def _until(condition: Any, poll_s: float = 0.01) -> None:
     while not condition():
         await asyncio.sleep(poll_s)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_process_left_behind() -> Iterator[None]:
-    """Our fault hook for the module; at the end, every process the module started is gone."""
-    from forge_env.monarch import install_fault_hook
-
-    install_fault_hook()
-    before = set(descendant_processes())
-    yield
-    deadline = time.monotonic() + 15
-    left = {pid: cmd for pid, cmd in descendant_processes().items() if pid not in before}
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = {pid: cmd for pid, cmd in descendant_processes().items() if pid not in before}
-    assert not left, f"processes left behind: {left}"
 
 
 @pytest.fixture(scope="module")

@@ -11,42 +11,24 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 # forge_env.monarch first: it sets the supervision poll period that Monarch reads on import.
-from forge_env.monarch import ServiceUnavailableError, install_fault_hook
+from forge_env.monarch import ServiceUnavailableError
 from forge_env.monarch._reward import MonarchRewardWorkers
 from forge_env.reward import RewardConfig, RewardWorkers
 from forge_env.rollout import Task, Trajectory, TrajectoryGroup, Turn
 
-from conftest import descendant_processes
 from runtime_test_env import alive
 
-pytestmark = [pytest.mark.monarch, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 UNIT = Path(__file__).resolve().parents[1] / "unit"
 REWARD_FNS_FILE = UNIT / "reward_fns.py"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_process_left_behind() -> Iterator[None]:
-    """Our fault hook for the module (a killed replica cannot take pytest down); at the end no
-    process the module started is alive."""
-    install_fault_hook()
-    before = set(descendant_processes())
-    yield
-    left: dict[int, str] = {}
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        left = {pid: cmd for pid, cmd in descendant_processes().items() if pid not in before}
-        if not left:
-            break
-        time.sleep(0.1)
-    assert not left, f"processes left behind: {left}"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import importlib.util
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,6 @@ from forge_env.monarch import (
     Service,
     ServiceConfig,
     ServiceUnavailableError,
-    install_fault_hook,
     start_procs,
 )
 from forge_env.generator import Completion, SamplingParams, TorchGeneratorConfig, VLLMGeneratorConfig
@@ -41,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # torch is imported inside the tests: the echo actor's processes import this module.
-pytestmark = [pytest.mark.monarch, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.asyncio(loop_scope="module")]
 
 HERE = Path(__file__).resolve().parent
 # The echo actor below lives in this module: its processes must be able to import it.
@@ -71,30 +70,6 @@ class Echo(Actor):
 
 
 # --- fixtures ------------------------------------------------------------------------------------
-
-
-def _descendants() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_process_left_behind() -> Iterator[None]:
-    """Our fault hook for the module; at the end, every process the module started is gone."""
-    install_fault_hook()
-    before = _descendants()
-    yield
-    deadline = time.monotonic() + 15
-    left = _descendants() - before
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = {pid for pid in _descendants() - before if psutil.pid_exists(pid)}
-    described = []
-    for pid in left:
-        try:
-            described.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:120]}")
-        except psutil.Error:
-            pass
-    assert not described, f"processes left behind: {described}"
 
 
 @pytest_asyncio.fixture(loop_scope="module")
