@@ -1,11 +1,12 @@
 """Service: N replicas of one Monarch actor class behind one handle (Monarch has no such layer).
 
 Each replica is the actor spawned on its own proc mesh (``procs_per_replica`` processes), on
-this host or, with ``ServiceConfig.hosts``, on worker host ``index % n_hosts``. The Service routes calls (round robin, least loaded, or sticky by session key),
-watches the replicas (a probe actor per process answers pings; a call that finds its
-replica's process dead counts too), retries a call whose replica died on a healthy one, and
-respawns dead replicas in the background; an ``on_respawn`` hook (e.g. "load the latest
-weights") runs before a respawned replica serves again.
+this host or, with ``ServiceConfig.hosts``, on worker host ``index % n_hosts``. The Service
+routes calls (round robin, least loaded, or sticky by session key), watches the replicas (a
+probe actor per process answers pings; a call that finds its replica's process dead counts
+too), retries a call whose replica died on a healthy one, and respawns dead replicas in the
+background; an ``on_respawn`` hook (e.g. "load the latest weights") runs before a respawned
+replica serves again.
 
 What counts as a failure: an endpoint that *raises* is the caller's problem — the exception
 (``ActorError.exception``, e.g. a ``GeneratorError``) is re-raised as is, never retried, and

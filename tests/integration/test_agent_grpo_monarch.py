@@ -1,10 +1,11 @@
 """``python -m apps.agent_grpo runtime=monarch`` as a user runs it, and a generator replica killed mid-run.
 
 The app runs in a subprocess with its generator replicas (vLLM engines), learner, env pool,
-replay buffer, reference policy (a KL term) and reward function in Monarch processes of their own. Right after the first learner step the test SIGKILLs one
-generator replica's process (the parent of a ``VLLM::EngineCore``): the run must finish every
-step on the other replica, respawn the killed one, count the death, and lose no episode
-silently. Then no process of the run may be left.
+replay buffer, reference policy (a KL term) and reward function in Monarch processes of their
+own. Right after the first learner step the test SIGKILLs one generator replica's process (the
+parent of a ``VLLM::EngineCore``): the run must finish every step on the other replica, respawn
+the killed one, count the death, and lose no episode silently. Then no process of the run may
+be left.
 """
 
 from __future__ import annotations

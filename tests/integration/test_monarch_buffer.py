@@ -15,7 +15,8 @@ import pytest
 
 from conftest import descendant_processes
 
-pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"),
+              pytest.mark.asyncio(loop_scope="module")]
 
 
 def _group(seed: int, version: int, rewards: tuple[float, ...] = (0.0, 1.0)) -> Any:

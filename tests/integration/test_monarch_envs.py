@@ -18,7 +18,8 @@ import pytest_asyncio
 from conftest import descendant_processes, running_server
 from runtime_test_env import alive
 
-pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"),
+              pytest.mark.asyncio(loop_scope="module")]
 
 GUESS_KWARGS = {"max_turns": 4}
 

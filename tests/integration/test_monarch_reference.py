@@ -33,7 +33,8 @@ pytest.importorskip("monarch.actor", reason="Monarch is not installed: pip insta
 
 from forge_env.monarch._reference import MonarchReference  # noqa: E402  (after the skip)
 
-pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"),
+              pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 #: Replica vs local reference: the same code and weights, and float32 values sent exactly, but a
 #: replica's share is padded into other micro-batches: one float32 ulp of a logprob (9.5e-7 at

@@ -25,7 +25,8 @@ from forge_env.rollout import Task, Trajectory, TrajectoryGroup, Turn
 
 from runtime_test_env import alive
 
-pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"),
+              pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 UNIT = Path(__file__).resolve().parents[1] / "unit"
 REWARD_FNS_FILE = UNIT / "reward_fns.py"

@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # torch is imported inside the tests: the echo actor's processes import this module.
-pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"), pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.monarch, pytest.mark.usefixtures("monarch_processes_reaped"),
+              pytest.mark.asyncio(loop_scope="module")]
 
 HERE = Path(__file__).resolve().parent
 # The echo actor below lives in this module: its processes must be able to import it.
