@@ -819,6 +819,13 @@ class AgentGRPOConfig(_Section):
                 f"({self.generator.max_model_len} <= {budget}): the replies alone would not fit in the "
                 "context; raise generator.max_model_len or lower rollout.max_tokens"
             )
+        mon = self.monarch
+        if self.runtime == "monarch" and mon.weight_transport == "shm" and not mon.hosts_config().on_this_machine():
+            problems.append(
+                "monarch.weight_transport: shm writes the weights to this machine's /dev/shm, which processes "
+                "on the other hosts of monarch.hosts cannot read; set monarch.weight_transport=auto (messages, "
+                "or RDMA where there is ibverbs hardware) or message"
+            )
         problems += self._env_kwargs_problems()
         if self.warm_start.enabled:
             from apps.sft._demos import DEMO_POLICIES

@@ -313,6 +313,18 @@ def test_other_cross_field_rules() -> None:
     assert "does not take hii" in str(_error(overrides=["env_kwargs.hii=32"]))
 
 
+def test_shm_weights_with_other_hosts_are_refused_up_front() -> None:
+    remote = "monarch.hosts=[tcp://node1:26600, tcp://node2:26600]"
+    message = str(_error(overrides=["runtime=monarch", remote, "monarch.weight_transport=shm"]))
+    assert "monarch.weight_transport: shm" in message and "weight_transport=auto" in message
+    # auto picks a transport that reaches other hosts; shm is fine when every worker is on this machine
+    assert load_config(overrides=["runtime=monarch", remote]).monarch.weight_transport == "auto"
+    local_workers = "monarch.hosts=[tcp://127.0.0.1:26600]"
+    assert load_config(overrides=["runtime=monarch", local_workers, "monarch.weight_transport=shm"]).runtime == "monarch"
+    # the local runtime ignores the monarch section
+    assert load_config(overrides=[remote, "monarch.weight_transport=shm"]).runtime == "local"
+
+
 def test_dr_grpo_with_std_normalisation_is_allowed() -> None:
     cfg = load_config(overrides=["learner.loss.kind=dr_grpo"])
     assert cfg.advantage.normalize_std is True
