@@ -22,7 +22,7 @@ from monarch.actor import Actor, endpoint
 
 from forge_env._exceptions import ForgeEnvError
 from forge_env.buffer import BufferConfig, ReplayBuffer
-from forge_env.monarch._mesh import ProcGroup, start_procs
+from forge_env.monarch._mesh import ProcGroup, _await, start_procs
 from forge_env.monarch._service import _app_exception, _first_line, _is_app_error
 from forge_env.rollout._trajectory import TrajectoryGroup
 
@@ -218,7 +218,3 @@ class MonarchReplayBuffer:
         self._calls += 1
         self._call_seconds += time.perf_counter() - started
         return result
-
-
-async def _await(future: Any) -> Any:
-    return await future

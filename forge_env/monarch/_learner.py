@@ -384,6 +384,13 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_threads_per_proc(config: LearnerConfig, procs: int) -> int | None:
+    """Torch threads for each of ``procs`` processes sharing this host's cores with a model of
+    ``config``: the cores divided among them (at least 1) on a CPU, None (torch's default) on GPU."""
+    cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    return max(1, _cores() // procs) if cpu else None
+
+
 def _in_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -510,9 +517,8 @@ class MonarchLearner:
         """Spawn the ranks' processes and actors (this host, or spread over worker hosts);
         return each rank's setup."""
         if self.hosts.local:
-            cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-            if threads is None and cpu:
-                threads = max(1, _cores() // procs)
+            if threads is None:
+                threads = cpu_threads_per_proc(config, procs)
             mesh = spawn_procs(procs, name=name)
             self._meshes.append(mesh)
             self._actors.append(mesh.spawn("learner", LearnerActor))

@@ -32,9 +32,10 @@ from typing import Any
 
 from monarch.actor import Actor, endpoint
 
-from forge_env.monarch._hosts import HostsConfig
 from forge_env.learner._learner import LearnerConfig
 from forge_env.learner._reference import ReferencePolicy, _check_sequences
+from forge_env.monarch._hosts import HostsConfig
+from forge_env.monarch._learner import cpu_threads_per_proc
 from forge_env.monarch._service import Replica, Routing, Service, ServiceConfig
 from forge_env.rollout._trajectory import Trajectory
 
@@ -174,13 +175,6 @@ class ReferenceActor(Actor):
 # --- in the caller's process ---------------------------------------------------------------------
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 class MonarchReference:
     """The KL reference policy on ``replicas`` processes: a local
     :class:`~forge_env.learner.ReferencePolicy`'s interface over a Service of :class:`ReferenceActor`.
@@ -238,8 +232,8 @@ class MonarchReference:
             )
         self.config = config
         self.name = name
-        if threads_per_proc is None and _on_cpu(config):
-            threads_per_proc = max(1, _cores() // replicas)
+        if threads_per_proc is None:
+            threads_per_proc = cpu_threads_per_proc(config, replicas)
         self.threads_per_proc = threads_per_proc
         env = {"OMP_NUM_THREADS": str(threads_per_proc)} if threads_per_proc is not None else {}
         # ServiceConfig checks routing and the interval, naming the field.
@@ -411,12 +405,3 @@ class MonarchReference:
             out.update(self._service.metrics)
         return out
 
-
-def _on_cpu(config: LearnerConfig) -> bool:
-    if config.device == "cpu":
-        return True
-    if config.device == "cuda":
-        return False
-    import torch
-
-    return not torch.cuda.is_available()
