@@ -229,7 +229,8 @@ class Orchestrator:
             f"waited {cfg.batch_timeout_s} s for {cfg.groups_per_step} fresh groups at policy version "
             f"{version}; the buffer holds {await self.buffer.num_fresh(version)} (stats {await self.buffer.stats()}); "
             f"collectors played {stats['episodes']} episodes, {stats['failed']} failed "
-            f"(terminations {stats['terminations']}). Check the env and generator, or raise "
+            f"(terminations {stats['terminations']}); {len(self._in_flight)} groups still generating. "
+            "Check the env and generator, or raise "
             "orchestrator.batch_timeout_s"
         )
 
@@ -343,12 +344,15 @@ class Orchestrator:
         """Async mode: keep ``groups_in_flight`` groups generating or waiting in the buffer."""
         bound = self.config.groups_in_flight
         while True:
-            while (len(self._in_flight) + (await self.buffer.stats())["size"] >= bound
-                   and self._producer_error is None):
+            while True:
+                # Cleared before asking: a buffer in another process answers later, and room
+                # made meanwhile (the learner took a batch) must still wake the wait below.
                 self._room.clear()
+                if self._producer_error is not None:
+                    raise self._producer_error
+                if len(self._in_flight) + (await self.buffer.stats())["size"] < bound:
+                    break
                 await self._room.wait()
-            if self._producer_error is not None:
-                raise self._producer_error
             index = self._take_task_index()
             self._in_flight[index] = asyncio.ensure_future(self._spawn_group(index))
 

@@ -706,6 +706,31 @@ async def test_a_slow_far_buffer_keeps_every_task_exactly_once_in_a_snapshot() -
         assert sorted(places) == list(range(state["next_task"])), (trained, buffered, state["pending_tasks"])
 
 
+class _InTransitStats(_FarBuffer):
+    """A far buffer whose ``stats`` answer is taken when asked and arrives ``delay`` later, while
+    its other calls land at once: room made by a ``sample`` meanwhile is not in the answer."""
+
+    async def stats(self) -> dict[str, Any]:
+        answer = self.inner.stats()
+        await asyncio.sleep(self.delay)
+        return dict(answer)
+
+    async def sample(self, n_groups: int, *, current_version: int) -> list[TrajectoryGroup]:
+        return self.inner.sample(n_groups, current_version=current_version)
+
+
+async def test_room_made_while_the_producer_asks_a_far_buffer_is_not_lost() -> None:
+    # The producer asks the buffer how full it is; the learner takes the batch while that answer
+    # is on its way. Every group has ended, so only the learner's wake-up can start the next
+    # ones: lost, the loop stalled for batch_timeout_s (CI: a runtime=monarch run after step 21).
+    rig = _rig(mode="async", steps=6, groups_per_step=2, max_groups_in_flight=2, batch_timeout_s=2.0)
+    rig.orchestrator.buffer = _InTransitStats(rig.buffer, delay=0.05)
+    async with asyncio.timeout(20):   # a failing loop must fail this test, not hang the suite
+        reports = await rig.run()
+    assert [r["step"] for r in reports] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert all(r["time/wait_s"] < 1.0 for r in reports)
+
+
 class _Reference:
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
