@@ -10,8 +10,6 @@ import asyncio
 import itertools
 import logging
 import os
-import shutil
-import tempfile
 import time
 import weakref
 from collections.abc import Iterable, Sequence
@@ -27,6 +25,7 @@ from forge_env.generator._base import (
 from forge_env.generator._config import VLLMGeneratorConfig
 from forge_env.generator._folder import check_prompt, collect_weights
 from forge_env.generator._stamped import FolderGenerator
+from forge_env._scratch import ScratchFolder
 from forge_env.generator._vllm_worker import OWNER_PID_ENV
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,13 +121,12 @@ class VLLMGenerator(FolderGenerator):
                     f"vLLM could not start on {self.config.model!r}: {type(e).__name__}: {e}"
                     + ("" if on_gpu else " (CPU: check kv_cache_bytes fits in memory)")
                 ) from e
-            base = self.config.weights_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
-            if base is not None:
-                os.makedirs(base, exist_ok=True)
-            self._weights_dir = tempfile.mkdtemp(prefix="forge-env-weights-", dir=base)
+            # Under /dev/shm unless weights_dir names a place; one left by a killed run goes.
+            scratch = ScratchFolder.create("forge-env-weights-", self.config.weights_dir)
+            self._weights_dir = scratch.path
             # Shuts the engine down and removes the weights folder on close(), when this
             # object is collected, or at interpreter exit, whichever comes first.
-            self._finalizer = weakref.finalize(self, _release, engine, self._weights_dir)
+            self._finalizer = weakref.finalize(self, _release, engine, scratch)
             self._engine = engine
             self._start_s = time.perf_counter() - started
             logger.info("vLLM engine on %s started in %.1f s", self.config.model, self._start_s)
@@ -407,11 +405,11 @@ class _VLLMNames:
         self.RequestOutputKind = output_kind
 
 
-def _release(engine: Any, weights_dir: str) -> None:
+def _release(engine: Any, weights: ScratchFolder) -> None:
     try:
         engine.shutdown()
     finally:
-        shutil.rmtree(weights_dir, ignore_errors=True)
+        weights.remove()
 
 
 def _sampled_logprobs(sample: Any, token_ids: list[int]) -> list[float]:

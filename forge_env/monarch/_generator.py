@@ -29,7 +29,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from forge_env.generator import (
     TorchGeneratorConfig,
     VLLMGeneratorConfig,
 )
+from forge_env._scratch import ScratchFolder
 from forge_env.generator._folder import read_model_folder
 from forge_env.monarch._service import Replica, Service, ServiceConfig
 
@@ -321,6 +321,7 @@ class MonarchGenerator(Generator):
         self._transport = ""
         self._weights_base = weights_dir
         self._weights_dir: str | None = None
+        self._scratch: ScratchFolder | None = None
         self._env = dict(env or {})
         self._service: Service[GeneratorActor] | None = None
         self._start_lock = asyncio.Lock()
@@ -373,17 +374,15 @@ class MonarchGenerator(Generator):
                 return
             started = time.perf_counter()
             self._transport = self._pick_transport()
-            base = self._weights_base or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
-            if base is not None:
-                os.makedirs(base, exist_ok=True)
-            self._weights_dir = tempfile.mkdtemp(prefix=f"forge-env-{self.name}-push-", dir=base)
+            self._scratch = ScratchFolder.create(f"forge-env-{self.name}-push-", self._weights_base)
+            self._weights_dir = self._scratch.path
             try:
                 self._service = await Service.start(
                     GeneratorActor, self.spec, self._env, config=self.service_config, name=self.name,
                     on_start=self._start_replica, on_respawn=self._catch_up,
                 )
             except BaseException:
-                shutil.rmtree(self._weights_dir, ignore_errors=True)
+                self._scratch.remove()
                 raise
             self._start_s = time.perf_counter() - started
 
@@ -624,5 +623,5 @@ class MonarchGenerator(Generator):
             await service.stop()
         await self._release(self._latest)
         self._latest = None
-        if self._weights_dir is not None:
-            shutil.rmtree(self._weights_dir, ignore_errors=True)
+        if self._scratch is not None:
+            self._scratch.remove()

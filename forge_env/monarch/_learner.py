@@ -39,7 +39,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +49,7 @@ import torch
 from monarch.actor import Actor, endpoint
 
 from forge_env._exceptions import ForgeEnvError
+from forge_env._scratch import ScratchFolder
 from forge_env.learner._learner import Learner, LearnerConfig
 from forge_env.monarch._hosts import Hosts, HostsConfig, machine_id, spread
 from forge_env.monarch._mesh import install_fault_hook, reap, spawn_procs
@@ -485,7 +485,7 @@ class MonarchLearner:
         self._lr = 0.0
         self._max_seq_len = 0
         self._weights_root = Path(weights_dir) if weights_dir is not None else None
-        self._own_weights_root = False
+        self._scratch: ScratchFolder | None = None   # the weights root when this learner made it
 
         self.hosts = hosts if hosts is not None else HostsConfig()
         self._meshes: list[Any] = []  # one proc mesh per host used
@@ -733,10 +733,8 @@ class MonarchLearner:
 
     def _write_weights(self) -> tuple[Path, int]:
         if self._weights_root is None:
-            shm = Path("/dev/shm")
-            base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-            self._weights_root = Path(tempfile.mkdtemp(prefix=f"forge-env-{self.name}-", dir=base))
-            self._own_weights_root = True
+            self._scratch = ScratchFolder.create(f"forge-env-{self.name}-")
+            self._weights_root = Path(self._scratch.path)
         with self._lock:
             version = self._version
             folder = self._weights_root / f"v{version:06d}-{time.monotonic_ns()}"
@@ -790,8 +788,8 @@ class MonarchLearner:
                 logger.debug("stopping a learner mesh: %s", e)
         # Only this machine's pids: another host's pid numbers would name our own processes.
         reap(self._local_pids, grace_s=5.0)
-        if self._own_weights_root and self._weights_root is not None:
-            shutil.rmtree(self._weights_root, ignore_errors=True)
+        if self._scratch is not None:
+            self._scratch.remove()
 
     def __enter__(self) -> MonarchLearner:
         return self
