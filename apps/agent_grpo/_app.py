@@ -141,6 +141,7 @@ async def train(config: AgentGRPOConfig, *, resume: bool = False, out: TextIO | 
             train_before = float(run_state.get("train_seconds", 0.0))
             deadline = None if config.orchestrator.max_minutes is None else (
                 train_started + 60 * config.orchestrator.max_minutes - train_before)
+            tracker.stop_by(deadline)   # the console's ETA counts down to whichever ends first
             tokens = float(run_state.get("completion_tokens", 0.0))
             async for report in loop.run():
                 step = loop.step

@@ -40,11 +40,13 @@ def _fixed(value: float, digits: int) -> str:
 
 
 def _train_line(
-    step: int, metrics: Mapping[str, Any], *, total_steps: int | None, eta_s: float | None
+    step: int, metrics: Mapping[str, Any], *, total_steps: int | None, eta_s: float | None,
+    time_limited: bool = False,
 ) -> str:
     """``step  12/40 | reward 0.62 | success 62% | 1,834 tok/s | age 0.8 | learner 71% gen 93%
     | 14.2 s/step | eta 6m40s``; parts whose metric is missing are left out. ``util/*`` and
-    ``success/rate`` are fractions in [0, 1]."""
+    ``success/rate`` are fractions in [0, 1]. ``time_limited``: the run's time limit, not its
+    step count, ends it first (``eta 2m05s (time limit)``)."""
     if total_steps is not None:
         parts = [f"step {step:>{max(3, len(str(total_steps)))}}/{total_steps}"]
     else:
@@ -67,7 +69,7 @@ def _train_line(
     if (step_s := _num(metrics, "time/step_s")) is not None:
         parts.append(f"{_fixed(step_s, 1)} s/step")
     if eta_s is not None:
-        parts.append(f"eta {_format_duration(eta_s)}")
+        parts.append(f"eta {_format_duration(eta_s)}" + (" (time limit)" if time_limited else ""))
     return " | ".join(parts)
 
 

@@ -98,6 +98,7 @@ class RunTracker:
         self._wandb_run: Any = None
         # ETA: wall time per step measured from the first train step this tracker logged.
         self._first_train: tuple[float, int] | None = None
+        self._deadline: float | None = None
         self._start = time.monotonic()
         self._elapsed_offset = 0.0
         try:
@@ -234,6 +235,11 @@ class RunTracker:
         if errors:
             raise errors[0]
 
+    def stop_by(self, deadline: float | None) -> None:
+        """Tell the ETA that training stops at ``deadline`` (a ``time.monotonic()`` value) if
+        the steps are not done by then, e.g. a run's time limit; None: no limit."""
+        self._deadline = deadline
+
     # -- internals ----------------------------------------------------------------------------
 
     def _write_line(self, line: str) -> None:
@@ -258,7 +264,11 @@ class RunTracker:
                 per_step = _scalar(metrics.get("time/step_s"))
             if per_step is not None:
                 eta_s = per_step * (self.total_steps - step)
-        self._write_line(_train_line(step, metrics, total_steps=self.total_steps, eta_s=eta_s))
+        time_limited = False
+        if eta_s is not None and self._deadline is not None and self._deadline - now < eta_s:
+            eta_s, time_limited = max(0.0, self._deadline - now), True
+        self._write_line(_train_line(step, metrics, total_steps=self.total_steps, eta_s=eta_s,
+                                     time_limited=time_limited))
 
     def _open_tensorboard(self) -> Any:
         try:

@@ -6,8 +6,10 @@ import io
 import json
 import logging
 import math
+import re
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +179,20 @@ def test_console_prints_one_line_per_step_every_n(tmp_path: Path) -> None:
     ]
     assert "reward 0.05" in lines[1] and "eta " in lines[1] and "1,834 tok/s" in lines[1]
     assert "eta" not in lines[-1]  # the last step has nothing left to wait for
+
+
+def test_eta_counts_down_to_a_time_limit_that_comes_before_the_last_step(tmp_path: Path) -> None:
+    out = io.StringIO()
+    with RunTracker(_config(tmp_path), out=out, total_steps=100) as tracker:
+        tracker.log(1, FULL)                            # 14.2 s/step x 99 steps: 23m26s
+        tracker.stop_by(time.monotonic() + 600)         # but time is up in 10 minutes
+        tracker.log(1, FULL)
+        tracker.stop_by(time.monotonic() + 3600)        # a limit after the last step changes nothing
+        tracker.log(1, FULL)
+    first, limited, unlimited = out.getvalue().splitlines()
+    assert first.endswith("| eta 23m26s")
+    assert re.search(r"\| eta (9m59s|10m00s) \(time limit\)$", limited), limited
+    assert unlimited.endswith("| eta 23m26s")
 
 
 def test_console_off_prints_nothing(tmp_path: Path) -> None:
