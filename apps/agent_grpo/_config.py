@@ -143,6 +143,7 @@ class WarmStartSection(_Section):
 
         return SFTConfig(
             env=cfg.env,
+            env_kwargs=dict(cfg.env_kwargs),
             model=cfg.model,
             steps=self.steps,
             episodes_per_step=self.episodes_per_step,

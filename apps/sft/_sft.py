@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import random
 import sys
@@ -41,6 +42,9 @@ class SFTConfig:
 
     env: str = "guess_number"
     """Built-in env with a demo policy in :data:`apps.sft._demos.DEMO_POLICIES`."""
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the env's constructor (e.g. ``{"hi": 32}``): demonstrate the env
+    that will be trained on."""
     model: str = "tiny"
     """HF folder or model alias (``tiny``: the locally built random-init model)."""
     steps: int = 75
@@ -132,10 +136,16 @@ async def sft(config: SFTConfig, *, out: TextIO | None = None) -> SFTResult:
 
     out = out or sys.stdout
     policy = demo_policy(config.env)
+    make_env = load_env_factory(config.env)
+    if config.env_kwargs:
+        make_env = functools.partial(make_env, **config.env_kwargs)
+        try:
+            make_env()  # before the model loads: a bad argument fails now, naming itself
+        except TypeError as e:
+            raise ValueError(f"--env-kwargs {json.dumps(config.env_kwargs)}: {config.env} refused them: {e}") from e
     path = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     agent = ChatAgent(tokenizer)
-    make_env = load_env_factory(config.env)
     learner = Learner(LearnerConfig(model=path, lr=config.lr, seed=config.seed,
                                     max_grad_norm=config.max_grad_norm))
     generator = TorchGenerator(TorchGeneratorConfig(model=path, seed=config.seed, max_model_len=1024,
@@ -208,6 +218,17 @@ def _print(out: TextIO, line: str) -> None:
     print(line, file=out, flush=True)
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    """argparse type of ``--env-kwargs``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"hi\": 32}}', got {text!r}")
+    return value
+
+
 def _parse(argv: Sequence[str] | None) -> SFTConfig:
     defaults = SFTConfig()
     parser = argparse.ArgumentParser(
@@ -220,6 +241,8 @@ def _parse(argv: Sequence[str] | None) -> SFTConfig:
     parser.add_argument("--env", default=defaults.env,
                         help=f"env with a demo policy: {', '.join(sorted(DEMO_POLICIES))} "
                              "(default %(default)s)")
+    parser.add_argument("--env-kwargs", type=_json_object, default={}, metavar="JSON",
+                        help='env constructor arguments as a JSON object, e.g. \'{"hi": 32}\' (default: none)')
     parser.add_argument("--model", default=defaults.model, help="HF folder or alias (default %(default)s)")
     parser.add_argument("--steps", type=int, default=defaults.steps,
                         help="optimizer steps (default %(default)s)")
@@ -239,7 +262,7 @@ def _parse(argv: Sequence[str] | None) -> SFTConfig:
     parser.add_argument("--log-every", type=int, default=defaults.log_every,
                         help="progress line every N steps (default %(default)s)")
     ns = parser.parse_args(argv)
-    return SFTConfig(env=ns.env, model=ns.model, steps=ns.steps, episodes_per_step=ns.episodes_per_step,
+    return SFTConfig(env=ns.env, env_kwargs=ns.env_kwargs, model=ns.model, steps=ns.steps, episodes_per_step=ns.episodes_per_step,
                      lr=ns.lr, max_grad_norm=ns.max_grad_norm, expert_prob=ns.expert_prob,
                      eval_episodes=ns.eval_episodes, output_dir=ns.output_dir, seed=ns.seed,
                      log_every=ns.log_every)
@@ -256,6 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code) if isinstance(e.code, int) else 2
     try:
         result = run_sft(config)
+    except ValueError as e:
+        print(f"sft: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("sft: interrupted", file=sys.stderr)
         return 130

@@ -76,6 +76,33 @@ def test_short_sft_run_beats_the_random_init_on_held_out_seeds(tiny_model_path: 
     assert result.learner.version == 30
 
 
+def test_demonstrations_are_played_on_the_env_kwargs_given(tiny_model_path: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import apps.sft._sft as sft_module
+
+    played: list[Any] = []
+
+    async def recording(agent: Any, env: Any, *args: Any, **kwargs: Any) -> Trajectory:
+        played.append(env)
+        return await demonstration(agent, env, *args, **kwargs)
+
+    monkeypatch.setattr(sft_module, "demonstration", recording)
+    config = SFTConfig(model=tiny_model_path, steps=1, episodes_per_step=3, eval_episodes=0, output_dir=None,
+                       env_kwargs={"hi": 8, "progress_reward": 0.5})
+    run_sft(config, out=io.StringIO())
+    assert len(played) == 3
+    assert all((env.config.hi, env.config.progress_reward) == (8, 0.5) for env in played)
+
+
+def test_cli_rejects_env_kwargs_the_env_does_not_take(capsys: pytest.CaptureFixture[str]) -> None:
+    from apps.sft import main
+
+    assert main(["--env-kwargs", '{"nope": 1}', "--steps", "1"]) == 2
+    assert "--env-kwargs {\"nope\": 1}: guess_number refused them" in capsys.readouterr().err
+    assert main(["--env-kwargs", "[1]"]) == 2
+    assert "expected a JSON object" in capsys.readouterr().err
+
+
 def test_cli_rejects_an_unknown_env(capsys: pytest.CaptureFixture[str]) -> None:
     from apps.sft import main
 

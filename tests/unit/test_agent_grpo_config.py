@@ -89,8 +89,9 @@ def test_packaged_config_validates_and_converts(name: str) -> None:
     assert gen.max_model_len == cfg.generator.max_model_len
     if cfg.warm_start.enabled:
         sft = cfg.warm_start.sft_config(cfg, "/tmp/out/sft")
-        assert (sft.env, sft.model, sft.steps, sft.eval_episodes) == (
+        assert (sft.env, sft.env_kwargs, sft.model, sft.steps, sft.eval_episodes) == (
             cfg.env,
+            cfg.env_kwargs,   # demonstrations on the env that will be trained on
             cfg.model,
             cfg.warm_start.steps,
             0,
