@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from apps.agent_grpo._config import AgentGRPOConfig, ConfigError, load_config
-from forge_env.rollout import EvalResult
+from forge_env.rollout import EvalResult, open_env
 
 __all__ = ["RunError", "TrainResult", "main", "run", "train"]
 
@@ -435,22 +435,8 @@ async def _make_agent(config: AgentGRPOConfig, tokenizer: Any, envs: Any) -> Any
 
     if config.rollout.agent != "auto":
         return await make_agent(config.rollout.agent, tokenizer, system_prompt=config.rollout.system_prompt)
-    async with _one_env(envs) as env:
+    async with open_env(envs) as env:
         return await make_agent("auto", tokenizer, env, system_prompt=config.rollout.system_prompt)
-
-
-@asynccontextmanager
-async def _one_env(envs: Any) -> AsyncIterator[Any]:
-    if hasattr(envs, "lease"):
-        async with envs.lease() as env:
-            yield env
-        return
-    made = envs()
-    env = await made if asyncio.iscoroutine(made) else made
-    try:
-        yield env
-    finally:
-        await env.close()
 
 
 def _say(out: TextIO, line: str) -> None:

@@ -11,7 +11,7 @@ policy versions, how it ended. :class:`RolloutCollector` runs many at once, G pe
 
 from __future__ import annotations
 
-from forge_env.rollout._collector import CollectorConfig, CollectorStats, EnvSource, RolloutCollector
+from forge_env.rollout._collector import CollectorConfig, CollectorStats, EnvSource, RolloutCollector, open_env
 from forge_env.rollout._episode import RolloutConfig, current_episode, run_episode
 from forge_env.rollout._evaluate import EvalResult, evaluate
 from forge_env.rollout._trajectory import (
@@ -38,5 +38,6 @@ __all__ = [
     "Turn",
     "current_episode",
     "evaluate",
+    "open_env",
     "run_episode",
 ]

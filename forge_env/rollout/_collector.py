@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from forge_env.env import AsyncEnv
     from forge_env.generator._base import Generator
 
-__all__ = ["CollectorConfig", "CollectorStats", "EnvSource", "RolloutCollector"]
+__all__ = ["CollectorConfig", "CollectorStats", "EnvSource", "RolloutCollector", "open_env"]
 
 logger = logging.getLogger("forge_env.rollout")
 
@@ -140,7 +140,7 @@ class RolloutCollector:
         """One episode (under the collector's concurrency limit), counted in :attr:`stats`."""
         async with self._slots:
             started = time.monotonic()
-            async with self._open_env() as env:
+            async with open_env(self.envs) as env:
                 traj = await run_episode(
                     self.agent, env, self.generator, task,
                     config=self.config.rollout, group_index=group_index,
@@ -170,26 +170,35 @@ class RolloutCollector:
             await asyncio.gather(*pending, return_exceptions=True)
             self.stats.seconds += time.monotonic() - started
 
-    @contextlib.asynccontextmanager
-    async def _open_env(self) -> AsyncIterator[AsyncEnv[Any, Any]]:
-        source = self.envs
-        if hasattr(source, "lease"):
-            async with source.lease() as env:
-                yield env
-            return
-        if hasattr(source, "session"):
-            env = await source.session()
-        elif callable(source):
-            made = source()
-            env = await made if inspect.isawaitable(made) else made
-        else:
-            raise TypeError(
-                f"envs must be an EnvPool, a runtime or a callable returning an env, got {source!r}"
-            )
-        try:
+
+@contextlib.asynccontextmanager
+async def open_env(source: EnvSource) -> AsyncIterator[AsyncEnv[Any, Any]]:
+    """One env from ``source`` for the length of the block: leased from a pool, a session of
+    a runtime, or made by a factory (then closed after, within 10 s; a dead env's failure to
+    close is logged, not raised).
+
+    Example::
+
+        async with open_env(pool) as env:
+            first = await env.reset(seed=0)
+    """
+    if hasattr(source, "lease"):
+        async with source.lease() as env:
             yield env
-        finally:
-            try:
-                await asyncio.wait_for(env.close(), 10.0)
-            except Exception as e:  # a dead env cannot close cleanly; the episode is recorded
-                logger.debug("closing an env failed: %r", e)
+        return
+    if hasattr(source, "session"):
+        env = await source.session()
+    elif callable(source):
+        made = source()
+        env = await made if inspect.isawaitable(made) else made
+    else:
+        raise TypeError(
+            f"envs must be an EnvPool, a runtime or a callable returning an env, got {source!r}"
+        )
+    try:
+        yield env
+    finally:
+        try:
+            await asyncio.wait_for(env.close(), 10.0)
+        except Exception as e:  # a dead env cannot close cleanly; the episode is recorded
+            logger.debug("closing an env failed: %r", e)
