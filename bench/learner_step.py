@@ -1,5 +1,8 @@
 """Learner step: how long one GRPO ``train_step`` takes on the default run's batch, by layout.
 
+Also timed: ``Learner.logprobs`` of the same batch (what the KL term's reference policy runs
+each step), which follows the layout too.
+
 The batch has the shape of a step of ``python -m apps.agent_grpo`` (configs/default.yaml):
 groups of ``rollout.group_size`` guess_number episodes of one task each (up to
 ``rollout.max_turns`` turns, the env's progress reward), played by the scripted demo policy
@@ -18,11 +21,12 @@ head only at loss tokens). One untimed warm-up step each, then ``--repeats`` tim
 interleaved (padded, packed, padded, ...) so that load from other processes hits both alike;
 the table shows the median and the fastest. Columns: step s, tokens the model ran on
 (``learner/padded_tokens``), micro-batches, tokens of the batch per second, speed-up over
-``padded``.
+``padded``, then the median ``logprobs`` call and its speed-up.
 
 Correctness: the first step of every layout starts from the same weights on the same batch;
-its loss and gradient norm must equal ``padded``'s within ``CHECK_TOLERANCE`` (relative),
-else the run fails (exit code 1, after the JSON is written).
+its loss and gradient norm must equal ``padded``'s within ``CHECK_TOLERANCE`` (relative), and
+its logprobs before that step ``padded``'s within ``CHECK_TOLERANCE`` (absolute), else the
+run fails (exit code 1, after the JSON is written).
 
 Usage (from the repository root)::
 
@@ -121,16 +125,23 @@ def run_layouts(config: Any, layouts: Sequence[str], trajs: list[Any], advantage
 
     base = config.learner_config(resolve_model(config.model))
     learners = {name: Learner(dataclasses.replace(base, layout=name)) for name in layouts}
+    seqs = [t.token_ids for t in trajs]
     first: dict[str, dict[str, float]] = {}
-    for name, learner in learners.items():  # the warm-up step: also the correctness check
+    first_logprobs: dict[str, list[Any]] = {}
+    for name, learner in learners.items():  # the warm-up calls: also the correctness check
+        first_logprobs[name] = learner.logprobs(seqs)
         first[name] = learner.train_step(trajs, advantages)
     seconds: dict[str, list[float]] = {name: [] for name in layouts}
+    logprobs_seconds: dict[str, list[float]] = {name: [] for name in layouts}
     last: dict[str, dict[str, float]] = {}
     for _ in range(repeats):
         for name, learner in learners.items():
             started = time.perf_counter()
             last[name] = learner.train_step(trajs, advantages)
             seconds[name].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            learner.logprobs(seqs)
+            logprobs_seconds[name].append(time.perf_counter() - started)
     seq_tokens = sum(len(t.token_ids) for t in trajs)
     rows: list[dict[str, Any]] = []
     for name in layouts:
@@ -143,6 +154,8 @@ def run_layouts(config: Any, layouts: Sequence[str], trajs: list[Any], advantage
             "computed_tokens": last[name]["learner/padded_tokens"],
             "micro_batches": int(last[name]["learner/micro_batches"]),
             "batch_tokens_per_s": seq_tokens / median,
+            "logprobs_s": statistics.median(logprobs_seconds[name]),
+            "logprobs_repeats": logprobs_seconds[name],
             "first_step": {k: first[name][k] for k in ("loss/total", "learner/grad_norm", "loss/tokens",
                                                       "loss/ratio_mean", "loss/clipfrac_low",
                                                       "loss/clipfrac_high")},
@@ -151,12 +164,17 @@ def run_layouts(config: Any, layouts: Sequence[str], trajs: list[Any], advantage
     reference = rows[0]
     for row in rows:
         row["speedup"] = reference["step_s"] / row["step_s"]
+        row["logprobs_speedup"] = reference["logprobs_s"] / row["logprobs_s"]
         diffs = {
             key: abs(row["first_step"][key] - reference["first_step"][key]) / max(1.0, abs(reference["first_step"][key]))
             for key in ("loss/total", "learner/grad_norm")
         }
-        row["check"] = {"vs": reference["layout"], "relative_diff": diffs, "tolerance": CHECK_TOLERANCE,
+        logprobs_diff = max(float((a - b).abs().max()) for a, b in
+                            zip(first_logprobs[row["layout"]], first_logprobs[reference["layout"]]))
+        row["check"] = {"vs": reference["layout"], "relative_diff": diffs, "logprobs_max_abs_diff": logprobs_diff,
+                        "tolerance": CHECK_TOLERANCE,
                         "passed": all(d <= CHECK_TOLERANCE for d in diffs.values())
+                        and logprobs_diff <= CHECK_TOLERANCE
                         and row["first_step"]["loss/tokens"] == reference["first_step"]["loss/tokens"]}
     return rows
 
@@ -170,6 +188,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         Column("micro-batches", "micro_batches"),
         Column("batch tok/s", "batch_tokens_per_s", ",.0f"),
         Column("speed-up", "speedup", ".2f", suffix="x"),
+        Column("logprobs s", "logprobs_s", ".3f"),
+        Column("logprobs speed-up", "logprobs_speedup", ".2f", suffix="x"),
         Column("check", lambda r: "ok" if r["check"]["passed"] else "FAILED"),
     ])
 

@@ -506,19 +506,47 @@ class Learner:
         seqs = [[int(t) for t in (s.tolist() if isinstance(s, torch.Tensor) else s)] for s in token_ids_batch]
         for i, s in enumerate(seqs):
             self._check_ids(s, f"sequence {i}")
-        plan = self._plan([len(s) for s in seqs])
+        # A sequence's last token is nobody's context: the packed input stops before it.
+        contexts = {i: s[:-1] for i, s in enumerate(seqs) if len(s) > 1}
+        if self._layout == "packed":
+            plan = self._plan_packed(list(contexts), contexts)
+        else:
+            plan = self._plan([len(s) for s in seqs])
         extra = self._agree_max(len(plan)) - len(plan)  # before any forward: FSDP's collectives
-        out: list[torch.Tensor] = [torch.zeros(0)] * len(seqs)
+        out: list[torch.Tensor] = [torch.zeros(1)] * len(seqs)   # one token: only the 0.0
         self.model.eval()
         for idx in plan:
-            mb = self._collate([_Row(tokens=seqs[i], mask=[], old=[], adv=[], ref=None) for i in idx])
-            lp = self._token_logprobs(mb.tokens, temp).float().cpu()
-            for row, i in enumerate(idx):
-                n = len(seqs[i])
-                out[i] = torch.cat([torch.zeros(1), lp[row, : n - 1]])
+            if self._layout == "packed":
+                parts = self._packed_logprobs([seqs[i] for i in idx], temp)
+            else:
+                mb = self._collate([_Row(tokens=seqs[i], mask=[], old=[], adv=[], ref=None) for i in idx])
+                lp = self._token_logprobs(mb.tokens, temp).float().cpu()
+                parts = [lp[row, : len(seqs[i]) - 1] for row, i in enumerate(idx)]
+            for i, part in zip(idx, parts):
+                out[i] = torch.cat([torch.zeros(1), part])
         for _ in range(extra):
             self._token_logprobs(self._dummy(with_ref=False).tokens, temp)
         return out
+
+    def _packed_logprobs(self, seqs: Sequence[list[int]], temperature: float) -> list[torch.Tensor]:
+        """Teacher-forced logprobs of ``seqs[i][1:]``, the batch run as one prefix tree.
+
+        The output head runs once per tree node: sequences sharing a prefix share its logits
+        (their next tokens may still differ, so each picks its own target from them)."""
+        packed = pack_sequences([s[:-1] for s in seqs], device=self.device)
+        nodes = [packed.node_ids(k, range(len(s) - 1)) for k, s in enumerate(seqs)]
+        flat = torch.tensor([n for ids in nodes for n in ids], dtype=torch.long)
+        unique, which = torch.unique(flat, return_inverse=True)
+        targets = torch.tensor([t for s in seqs for t in s[1:]], dtype=torch.long, device=self.device)
+        with self._autocast(), select_output_rows(self.model, unique.to(self.device)):
+            logits = self.model(packed.tokens, positions=packed.positions, attention_masks=packed.tree)   # [U, V]
+        logits = logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        which = which.to(self.device)
+        # Indexed pairwise, never as [positions, V]: memory stays that of the nodes' logits.
+        lp = logits[which, targets] - torch.logsumexp(logits, dim=-1)[which]
+        return list(lp.cpu().split([len(s) - 1 for s in seqs]))
 
     # --- export and checkpoints -------------------------------------------------------------
 

@@ -44,6 +44,8 @@ def test_quick_run_times_both_layouts_and_they_agree(tmp_path: Path) -> None:
         assert row["micro_batches"] == 1, name
         assert row["first_step"]["loss/tokens"] == batch["loss_tokens"], name
         assert row["check"]["passed"] is True, (name, row["check"])
+        assert row["logprobs_s"] > 0 and len(row["logprobs_repeats"]) == 2, name
+        assert row["check"]["logprobs_max_abs_diff"] <= 1e-5, name
     # The padded layout runs on every padded position; the packed one on the prefix tree.
     assert rows["padded"]["computed_tokens"] == batch["padded"]
     assert rows["packed"]["computed_tokens"] < 0.5 * batch["tokens"]

@@ -247,3 +247,23 @@ def test_packed_forward_equals_one_forward_per_sequence(tiny_model_path: str) ->
             torch.testing.assert_close(logits[start:start + len(s)], model(torch.tensor([s]))[0],
                                        rtol=0, atol=TOL)
             start += len(s)
+
+
+def test_logprobs_in_the_packed_layout_equal_one_forward_per_sequence(tiny_model_path: str,
+                                                                      tiny_llama_path: str) -> None:
+    # What ReferencePolicy asks for: every position's teacher-forced logprob. Shared prefixes,
+    # a duplicate, a one-token sequence, a temperature and several packed micro-batches.
+    trajs, _ = multi_turn_batch(seed=2)
+    seqs = [list(t.token_ids) for t in trajs] + [[7]]
+    for path in (tiny_model_path, tiny_llama_path):
+        model = TitanModel(path).model
+        packed = Learner(LearnerConfig(model=path, micro_batch_tokens=80, **BASE))
+        padded = Learner(LearnerConfig(model=path, layout="padded", **BASE))
+        ours, theirs = packed.logprobs(seqs, temperature=0.7), padded.logprobs(seqs, temperature=0.7)
+        with torch.no_grad():
+            for s, a, b in zip(seqs, ours, theirs):
+                logits = model(torch.tensor([s]))[0, :-1].float() / 0.7
+                plain = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(s[1:]).unsqueeze(-1)).squeeze(-1)
+                assert a.shape == b.shape == (len(s),) and a[0] == b[0] == 0.0
+                torch.testing.assert_close(a[1:], plain, rtol=0, atol=TOL)
+                torch.testing.assert_close(b[1:], plain, rtol=0, atol=TOL)
