@@ -51,6 +51,7 @@ from monarch.actor import Actor, endpoint
 from forge_env._exceptions import ForgeEnvError
 from forge_env._scratch import ScratchFolder
 from forge_env.learner._learner import Learner, LearnerConfig
+from forge_env.learner._model import _lcp
 from forge_env.monarch._hosts import Hosts, HostsConfig, machine_id, spread
 from forge_env.monarch._mesh import install_fault_hook, reap, spawn_procs
 from forge_env.rollout._trajectory import Task, Trajectory
@@ -137,6 +138,31 @@ def _balance(lengths: Sequence[int], ranks: int) -> list[list[int]]:
         target = min(range(ranks), key=lambda r: (loads[r], r))
         shares[target].append(i)
         loads[target] += lengths[i]
+    return [sorted(share) for share in shares]
+
+
+def _split_by_prefix(seqs: Sequence[Sequence[int]], ranks: int) -> list[list[int]]:
+    """Split sequence indices over ``ranks`` for the packed layout: sequences sharing a prefix
+    (a group's prompt, its shared first turns) stay on one rank, where it is computed once.
+
+    The sequences in token order are cut into ``ranks`` runs of about equal packed cost (each
+    sequence costs its tokens past the prefix it shares with the one before it), so a prefix
+    is split over two ranks only at a cut. Every rank's indices come back in their original
+    order; ranks may get nothing when there are fewer sequences than ranks.
+
+    >>> prompt_a, prompt_b = [1] * 10, [2] * 10
+    >>> _split_by_prefix([prompt_b + [5], prompt_a + [3], prompt_b + [6], prompt_a + [4]], 2)
+    [[1, 3], [0, 2]]
+    """
+    order = sorted(range(len(seqs)), key=lambda i: (list(seqs[i]), i))
+    costs = [len(seqs[i]) - (_lcp(seqs[order[k - 1]], seqs[i]) if k else 0) for k, i in enumerate(order)]
+    total = max(sum(costs), 1)
+    shares: list[list[int]] = [[] for _ in range(ranks)]
+    done = 0
+    for i, cost in zip(order, costs):
+        # The rank whose slice of the total cost holds this sequence's midpoint.
+        shares[min(ranks - 1, int((done + cost / 2) * ranks / total))].append(i)
+        done += cost
     return [sorted(share) for share in shares]
 
 
@@ -594,7 +620,7 @@ class MonarchLearner:
             raise ValueError(f"{len(advantages)} advantage rows for {len(trajectories)} trajectories")
         if ref_logprobs is not None and len(ref_logprobs) != len(trajectories):
             raise ValueError(f"{len(ref_logprobs)} ref_logprobs rows for {len(trajectories)} trajectories")
-        shares = _balance([len(t.token_ids) for t in trajectories], self.procs)
+        shares = self._shares([t.token_ids for t in trajectories])
 
         def adv(i: int) -> Any:
             a = advantages[i]
@@ -612,13 +638,20 @@ class MonarchLearner:
         metrics["learner/call_seconds"] = time.perf_counter() - started
         return metrics
 
+    def _shares(self, seqs: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Which sequences each rank takes: prefix-sharing runs for the packed layout (each
+        prefix computed on one rank), token-balanced for the padded one."""
+        if self.config.layout == "packed":
+            return _split_by_prefix(seqs, self.procs)
+        return _balance([len(s) for s in seqs], self.procs)
+
     def sft_step(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
         """One supervised step over all ranks; see :meth:`forge_env.learner.Learner.sft_step`
         (the token mean is over every rank's tokens). Metrics as :meth:`train_step`'s."""
         started = time.perf_counter()
         if not trajectories:
             raise ValueError("sft_step needs at least one trajectory")
-        shares = _balance([len(t.token_ids) for t in trajectories], self.procs)
+        shares = self._shares([t.token_ids for t in trajectories])
         args = [([_slim(trajectories[i]) for i in share],) for share in shares]
         metrics: dict[str, float] = dict(self._call("sft_step", args, what="sft_step")[0])
         metrics["learner/procs"] = float(self.procs)
@@ -636,7 +669,7 @@ class MonarchLearner:
         seqs = [[int(t) for t in (s.tolist() if isinstance(s, torch.Tensor) else s)] for s in token_ids_batch]
         if not seqs:
             return []
-        shares = _balance([len(s) for s in seqs], self.procs)
+        shares = self._shares(seqs)
         parts = self._call("logprobs", [([seqs[i] for i in share], temp) for share in shares], what="logprobs",
                            every_rank=True)
         out: list[torch.Tensor] = [torch.zeros(0)] * len(seqs)

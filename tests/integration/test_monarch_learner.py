@@ -29,7 +29,7 @@ from forge_env.rollout import Task, Trajectory
 psutil = pytest.importorskip("psutil")
 pytest.importorskip("monarch.actor", reason="Monarch is not installed: pip install 'forge-env[monarch]'")
 
-from forge_env.monarch._learner import MonarchLearner, _balance  # noqa: E402  (after the skip)
+from forge_env.monarch._learner import MonarchLearner, _balance, _split_by_prefix  # noqa: E402  (after the skip)
 
 #: Losses and metrics of two processes vs one (float summation order differs): measured ~1e-7.
 TOL = 1e-5
@@ -99,6 +99,31 @@ def test_balance_splits_by_tokens() -> None:
     shares = _balance([12, 20, 7, 16, 9, 14], 2)
     assert sorted(i for s in shares for i in s) == list(range(6))
     assert [sum((12, 20, 7, 16, 9, 14)[i] for i in s) for s in shares] == [39, 39]
+
+
+def test_split_by_prefix_keeps_each_group_on_one_rank() -> None:
+    # 6 GRPO-like groups of 4: a 30-token prompt each, then replies; shuffled as a batch comes.
+    from forge_env.learner._model import pack_sequences
+
+    g = torch.Generator().manual_seed(0)
+    seqs: list[list[int]] = []
+    for _ in range(6):
+        prompt = torch.randint(3, 1000, (30,), generator=g).tolist()
+        seqs += [prompt + torch.randint(3, 1000, (int(n),), generator=g).tolist()
+                 for n in torch.randint(3, 9, (4,), generator=g)]
+    seqs = [seqs[i] for i in torch.randperm(len(seqs), generator=g).tolist()]
+
+    def nodes(share: list[int]) -> int:   # what a rank's packed layout runs on
+        return pack_sequences([seqs[i] for i in share]).num_tokens if share else 0
+
+    shares = _split_by_prefix(seqs, 2)
+    assert sorted(i for s in shares for i in s) == list(range(24)) and all(s == sorted(s) for s in shares)
+    whole = nodes(list(range(24)))
+    assert sum(nodes(s) for s in shares) <= whole + 30        # one prompt computed twice at most
+    assert abs(nodes(shares[0]) - nodes(shares[1])) <= 30 + 2 * 8
+    by_length = _balance([len(s) for s in seqs], 2)          # token-balanced: groups split up
+    assert sum(nodes(s) for s in by_length) >= whole + 4 * 30
+    assert sorted(_split_by_prefix([[1, 2]], 3)) == [[], [], [0]] and _split_by_prefix([], 2) == [[], []]
 
 
 @pytest.mark.monarch
