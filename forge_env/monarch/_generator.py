@@ -548,20 +548,16 @@ class MonarchGenerator(Generator):
         """Load ``latest`` on every healthy replica (under the push lock), then make it the
         one respawns load, and bring up any replica that came up meanwhile."""
         service = self.service
-        replicas = service.healthy_replicas()
         if latest.transport == "rdma":
-            answers = await service.broadcast(
+            answers = await service.broadcast_each(
                 "load_weights_rdma", latest.buffer, latest.layout, latest.version, in_flight
             )
         elif latest.path is not None:
-            answers = await service.broadcast("load_weights_from", latest.path, latest.version, in_flight)
+            answers = await service.broadcast_each("load_weights_from", latest.path, latest.version, in_flight)
         else:
-            answers = await service.broadcast("update_weights", latest.tensors, latest.version, in_flight)
-        by_pid = {pid: r for r in replicas for pid in r.pids}
-        for info in answers:
-            replica = by_pid.get(int(info["pid"]))
-            if replica is not None:
-                self._loaded[(replica.index, replica.generation)] = int(info["version"])
+            answers = await service.broadcast_each("update_weights", latest.tensors, latest.version, in_flight)
+        for replica, info in answers:
+            self._loaded[(replica.index, replica.generation)] = int(info["version"])
         previous, self._latest = self._latest, latest
         self._version = latest.version
         self._counters["updates"] += 1

@@ -688,6 +688,11 @@ class Service(Generic[ActorT]):
             ServiceUnavailableError: no healthy replica, or every one died during the call.
             Exception: the first exception an endpoint raised (re-raised as is).
         """
+        return [answer for _, answer in await self.broadcast_each(endpoint, *args, **kwargs)]
+
+    async def broadcast_each(self, endpoint: str, *args: Any, **kwargs: Any) -> list[tuple[Replica, Any]]:
+        """:meth:`broadcast`, each answer with the replica that gave it (pids cannot say which:
+        replicas on different hosts may share a pid)."""
         self._m["broadcasts"] += 1
         replicas = self.healthy_replicas()
         if not replicas:
@@ -695,8 +700,8 @@ class Service(Generic[ActorT]):
         results = await asyncio.gather(
             *(self._one_call(r, endpoint, args, dict(kwargs)) for r in replicas), return_exceptions=True
         )
-        answers: list[Any] = []
-        for result in results:
+        answers: list[tuple[Replica, Any]] = []
+        for replica, result in zip(replicas, results):
             if isinstance(result, _ReplicaFailure):
                 continue
             if isinstance(result, BaseException):
@@ -704,7 +709,7 @@ class Service(Generic[ActorT]):
                     self._m["app_errors"] += 1
                     raise _app_exception(result) from None
                 raise result
-            answers.append(result)
+            answers.append((replica, result))
         if not answers:
             raise ServiceUnavailableError(
                 f"{self.name}: every replica died during broadcast {endpoint}(); "

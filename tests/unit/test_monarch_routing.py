@@ -262,6 +262,19 @@ async def test_broadcast_skips_a_replica_that_died_and_respawns_it() -> None:
     await service.stop()
 
 
+async def test_broadcast_each_pairs_every_answer_with_the_replica_that_gave_it() -> None:
+    # Answers are the fake replicas' pids (1000 + index, then 2000 + index after a respawn);
+    # on several hosts pids repeat, so a caller must get the replica itself.
+    service = await fake_service(replicas=3)
+    kill(service, 1)
+    pairs = await service.broadcast_each("who")
+    assert [(r.index, r.generation, answer) for r, answer in pairs] == [(0, 0, 1000), (2, 0, 1002)]
+    await service.wait_healthy(timeout_s=5)
+    pairs = await service.broadcast_each("who")
+    assert [(r.index, r.generation, answer) for r, answer in pairs] == [(0, 0, 1000), (1, 1, 2001), (2, 0, 1002)]
+    await service.stop()
+
+
 async def test_health_checks_find_a_dead_idle_replica() -> None:
     service = await FakeService.start(
         object, config=ServiceConfig(replicas=2, health_check_interval_s=0.02), name="fake"
