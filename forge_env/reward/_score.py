@@ -66,8 +66,10 @@ class _Scorer:
 
     A sync function runs in a daemon thread of its own (a call past its deadline cannot be
     stopped, only abandoned: the thread finishes in the background, counted by :attr:`stuck`,
-    and never blocks the interpreter's exit); an ``async def`` function runs on the event loop
-    and is cancelled at its deadline.
+    and never blocks the interpreter's exit). An ``async def`` function runs on this scorer's
+    own event loop, in a daemon thread, and is cancelled at its deadline: one that blocks
+    (CPU work, ``time.sleep``) holds up other reward calls, never the caller's loop (the
+    trainer's envs and generator), and its deadline still ends the wait for it.
 
     >>> import asyncio
     >>> from forge_env.rollout import Task, Trajectory
@@ -93,10 +95,12 @@ class _Scorer:
         self._slots = asyncio.Semaphore(concurrency)
         self._lock = threading.Lock()
         self._stuck = 0
+        self._fn_loop: asyncio.AbstractEventLoop | None = None   # async fns' loop, made on first use
 
     @property
     def stuck(self) -> int:
-        """Threads still running a sync call whose deadline passed."""
+        """Calls still running past their deadline: threads of a sync fn, or async calls whose
+        cancellation has not landed yet (their loop is blocked)."""
         with self._lock:
             return self._stuck
 
@@ -110,7 +114,7 @@ class _Scorer:
                 score = _as_score(value)
             except TimeoutError:
                 with self._lock:
-                    if not call.done and not self.is_async:
+                    if not call.done:
                         call.abandoned = True
                         self._stuck += 1
                 return _Outcome(
@@ -133,11 +137,35 @@ class _Scorer:
 
     async def _call(self, trajectory: "Trajectory", call: _ThreadCall) -> Any:
         if self.is_async:
-            return await self.fn(trajectory, **self.kwargs)
+            return await self._on_fn_loop(trajectory, call)
         result = await self._in_thread(trajectory, call)
         if inspect.isawaitable(result):  # a plain function that returned a coroutine
             result = await result
         return result
+
+    def _on_fn_loop(self, trajectory: "Trajectory", call: _ThreadCall) -> asyncio.Future[Any]:
+        """The async fn's call on the scorer's own loop; cancelling the future returned cancels it there."""
+        if self._fn_loop is None:
+            self._fn_loop = asyncio.new_event_loop()
+            threading.Thread(target=self._fn_loop.run_forever, name=f"reward-fn-loop-{next(_thread_ids)}",
+                             daemon=True).start()
+
+        async def tracked() -> Any:
+            try:
+                return await self.fn(trajectory, **self.kwargs)
+            finally:  # when the call really ends there (a cancelled future says nothing of it)
+                with self._lock:
+                    call.done = True
+                    if call.abandoned:
+                        self._stuck -= 1
+
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(tracked(), self._fn_loop))
+
+    def close(self) -> None:
+        """Stop the async fns' loop (calls still on it are dropped). Idempotent."""
+        loop, self._fn_loop = self._fn_loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
 
     def _in_thread(self, trajectory: "Trajectory", call: _ThreadCall) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()

@@ -177,6 +177,9 @@ class RewardWorkers(_RewardWorkersBase):
     async def _score_all(self, trajectories: Sequence["Trajectory"]) -> list[_Outcome]:
         return list(await asyncio.gather(*(self._scorer.score(t) for t in trajectories)))
 
+    async def _close(self) -> None:
+        self._scorer.close()
+
     def metrics(self) -> dict[str, float]:
         """As :meth:`_RewardWorkersBase.metrics`, plus ``reward_fn/stuck``: threads still running
         a sync call whose ``timeout_s`` passed (they end on their own; many means the fn hangs)."""

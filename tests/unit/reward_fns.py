@@ -46,6 +46,13 @@ async def async_slow_first(trajectory: Trajectory, *, seconds: float = 30.0) -> 
     return 1.0
 
 
+async def async_blocking_first(trajectory: Trajectory, *, seconds: float = 2.0) -> float:
+    """An ``async def`` that blocks its event loop (sample 0 sleeps without awaiting)."""
+    if trajectory.group_index == 0:
+        time.sleep(seconds)
+    return 1.0
+
+
 def bad_return(trajectory: Trajectory) -> Any:
     return [None, "1.0", float("nan"), 2][trajectory.group_index % 4]
 

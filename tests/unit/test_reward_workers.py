@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -155,12 +156,44 @@ async def test_sync_timeout_is_counted_and_the_rest_are_scored() -> None:
 
 async def test_async_timeout_cancels_the_call() -> None:
     group = _group(seed=1, n=2)
-    metrics = await asyncio.wait_for(
-        _score(RewardConfig(fn="reward_fns:async_slow_first", timeout_s=0.2), group), 10
-    )
+    async with RewardWorkers(RewardConfig(fn="reward_fns:async_slow_first", timeout_s=0.2)) as workers:
+        await asyncio.wait_for(workers.score_group(group), 10)
+        metrics = workers.metrics()
+        # The cancellation lands on the fns' own loop (a thread) a moment later: the call ends.
+        for _ in range(200):
+            if not workers.metrics()["reward_fn/stuck"]:
+                break
+            await asyncio.sleep(0.01)
+        stuck = workers.metrics()["reward_fn/stuck"]
     assert "timed out" in group.trajectories[0].info["reward_fn_error"]
     assert group.trajectories[1].info["reward_fn"] == 1.0
-    assert metrics["reward_fn/timeouts"] == 1 and metrics["reward_fn/stuck"] == 0
+    assert metrics["reward_fn/timeouts"] == 1 and stuck == 0
+
+
+async def test_an_async_fn_that_blocks_its_loop_times_out_and_the_callers_loop_runs_on() -> None:
+    # Sample 0's call sleeps 2 s without awaiting: on the caller's loop it would freeze the
+    # trainer (envs, generator) and its deadline could not fire until it returned.
+    group = _group(seed=1, n=2)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.02)
+            ticks += 1
+
+    ticker = asyncio.ensure_future(tick())
+    started = time.monotonic()
+    async with RewardWorkers(RewardConfig(fn="reward_fns:async_blocking_first", timeout_s=0.3)) as workers:
+        await workers.score_group(group)
+        waited = time.monotonic() - started
+        metrics = workers.metrics()
+    ticker.cancel()
+    assert "timed out after 0.3s" in group.trajectories[0].info["reward_fn_error"]
+    assert waited < 1.5 and ticks >= 5                     # the deadline ended the wait; no freeze
+    # Sample 1 queued behind the blocked call on the fns' loop: it timed out too, or was scored.
+    assert metrics["reward_fn/timeouts"] + metrics["reward_fn/scored"] == 2
+    assert metrics["reward_fn/stuck"] >= 1                  # the blocked call has not ended yet
 
 
 async def test_a_return_value_that_is_not_a_finite_float_is_an_error() -> None:
