@@ -584,8 +584,8 @@ class Learner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (the same model architecture). Under data
-        parallelism rank 0's state is broadcast (other ranks may pass the same dict or
-        one with empty ``model``/``optimizer``)."""
+        parallelism every rank passes the same full state (rank 0's is broadcast; with
+        torch 2.13 an empty ``model``/``optimizer`` on the other ranks left rank 0 waiting)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         if state.get("format") != _STATE_FORMAT:
