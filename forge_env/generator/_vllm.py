@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from forge_env._scratch import ScratchFolder
 from forge_env.generator._base import (
     Completion,
     FinishReason,
@@ -25,7 +26,6 @@ from forge_env.generator._base import (
 from forge_env.generator._config import VLLMGeneratorConfig
 from forge_env.generator._folder import check_prompt, collect_weights
 from forge_env.generator._stamped import FolderGenerator
-from forge_env._scratch import ScratchFolder
 from forge_env.generator._vllm_worker import OWNER_PID_ENV
 
 if TYPE_CHECKING:  # pragma: no cover

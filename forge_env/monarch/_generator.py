@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from monarch.actor import Actor, concurrent_endpoint
 
+from forge_env._scratch import ScratchFolder
 from forge_env.generator import (
     Completion,
     Generator,
@@ -45,7 +46,6 @@ from forge_env.generator import (
     TorchGeneratorConfig,
     VLLMGeneratorConfig,
 )
-from forge_env._scratch import ScratchFolder
 from forge_env.generator._folder import read_model_folder
 from forge_env.monarch._service import Replica, Service, ServiceConfig
 
