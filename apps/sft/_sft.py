@@ -140,9 +140,10 @@ async def sft(config: SFTConfig, *, out: TextIO | None = None) -> SFTResult:
     if config.env_kwargs:
         make_env = functools.partial(make_env, **config.env_kwargs)
         try:
-            make_env()  # before the model loads: a bad argument fails now, naming itself
+            probe = make_env()  # before the model loads: a bad argument fails now, naming itself
         except TypeError as e:
             raise ValueError(f"--env-kwargs {json.dumps(config.env_kwargs)}: {config.env} refused them: {e}") from e
+        await probe.close()
     path = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     agent = ChatAgent(tokenizer)
