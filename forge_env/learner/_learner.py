@@ -506,9 +506,9 @@ class Learner:
         seqs = [[int(t) for t in (s.tolist() if isinstance(s, torch.Tensor) else s)] for s in token_ids_batch]
         for i, s in enumerate(seqs):
             self._check_ids(s, f"sequence {i}")
-        # A sequence's last token is nobody's context: the packed input stops before it.
-        contexts = {i: s[:-1] for i, s in enumerate(seqs) if len(s) > 1}
         if self._layout == "packed":
+            # A sequence's last token is nobody's context: the packed input stops before it.
+            contexts = {i: s[:-1] for i, s in enumerate(seqs) if len(s) > 1}
             plan = self._plan_packed(list(contexts), contexts)
         else:
             plan = self._plan([len(s) for s in seqs])

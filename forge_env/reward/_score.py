@@ -55,7 +55,8 @@ class _BadReturn(Exception):
 
 @dataclasses.dataclass
 class _ThreadCall:
-    """A sync call running in its own thread; ``abandoned`` once its deadline passed."""
+    """A call running in another thread (a sync fn's own thread, or the async fns' loop);
+    ``abandoned`` once its deadline passed, ``done`` when it really ended there."""
 
     done: bool = False
     abandoned: bool = False
